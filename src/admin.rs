@@ -1,0 +1,151 @@
+//! The admin API: JSON over HTTP on its own listener.
+//!
+//! Reads come from the stored snapshot; changes go to the control task and are answered only
+//! after the new snapshot is stored. Every refusal is a 4xx with a JSON body saying what is
+//! wrong, and changes nothing.
+
+mod request;
+mod view;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use arc_swap::ArcSwap;
+use http::{Method, Request, Response, StatusCode, header};
+use hyper::body::Incoming;
+use serde_json::json;
+
+use crate::control::{Change, ChangeRequest, ControlError, ControlHandle};
+use crate::metrics::Metrics;
+use crate::proxy::ResponseBody;
+use crate::snapshot::Snapshot;
+
+pub use request::{ApiError, BODY_LIMIT};
+
+/// Everything the admin handlers need. Cheap to clone.
+#[derive(Debug, Clone)]
+pub struct Admin {
+    snapshot: Arc<ArcSwap<Snapshot>>,
+    control: ControlHandle,
+    metrics: Metrics,
+    ready: Arc<AtomicBool>,
+}
+
+impl Admin {
+    /// An admin API over the given state. `ready` backs `GET /ready`.
+    pub fn new(
+        snapshot: Arc<ArcSwap<Snapshot>>,
+        control: ControlHandle,
+        metrics: Metrics,
+        ready: Arc<AtomicBool>,
+    ) -> Self {
+        Admin { snapshot, control, metrics, ready }
+    }
+
+    /// Serves one admin request.
+    pub async fn handle(self, req: Request<Incoming>, _client: SocketAddr) -> Response<ResponseBody> {
+        match self.route(req).await {
+            Ok(resp) => resp,
+            Err(e) => e.into_response(),
+        }
+    }
+
+    async fn route(&self, req: Request<Incoming>) -> Result<Response<ResponseBody>, ApiError> {
+        let path = req.uri().path().trim_end_matches('/').to_owned();
+        let segments: Vec<&str> = path.split('/').skip(1).collect();
+        let method = req.method().clone();
+        match (segments.as_slice(), &method) {
+            (["live"], &Method::GET) => Ok(text(StatusCode::OK, "live\n", "text/plain; charset=utf-8")),
+            (["ready"], &Method::GET) => Ok(if self.ready.load(Ordering::Acquire) {
+                text(StatusCode::OK, "ready\n", "text/plain; charset=utf-8")
+            } else {
+                text(StatusCode::SERVICE_UNAVAILABLE, "not ready\n", "text/plain; charset=utf-8")
+            }),
+            (["metrics"], &Method::GET) => {
+                Ok(text(StatusCode::OK, self.metrics.render(), "text/plain; version=0.0.4; charset=utf-8"))
+            }
+            (["apps"], &Method::GET) => {
+                let snap = self.snapshot.load();
+                Ok(json_response(
+                    StatusCode::OK,
+                    &json!({ "apps": snap.apps.iter().map(view::app).collect::<Vec<_>>() }),
+                ))
+            }
+            (["apps", app], &Method::GET) => {
+                let snap = self.snapshot.load();
+                let a = snap.app(app).ok_or_else(|| ControlError::UnknownApp((*app).into()))?;
+                Ok(with_etag(json_response(StatusCode::OK, &view::app(a)), a.revision))
+            }
+            (["apps", app, "history"], &Method::GET) => {
+                let revisions = self.control.history(app).await?;
+                Ok(json_response(StatusCode::OK, &json!({ "app": app, "revisions": revisions })))
+            }
+            (["apps", app, action @ ("split" | "promote" | "rollback")], m) if allowed(action) == m => {
+                let app = (*app).to_owned();
+                let action = (*action).to_owned();
+                self.change(app, &action, req).await
+            }
+            (["live" | "ready" | "metrics" | "apps"] | ["apps", _] | ["apps", _, "history"], _) => {
+                Err(ApiError::method("GET"))
+            }
+            (["apps", _, action @ ("split" | "promote" | "rollback")], _) => {
+                Err(ApiError::method(allowed(action).as_str()))
+            }
+            _ => Err(ApiError::new(StatusCode::NOT_FOUND, "not_found", format!("no admin endpoint at {path:?}"))),
+        }
+    }
+
+    async fn change(
+        &self,
+        app: String,
+        action: &str,
+        req: Request<Incoming>,
+    ) -> Result<Response<ResponseBody>, ApiError> {
+        let if_match = request::if_match(req.headers())?;
+        let (change, reason) = match action {
+            "split" => {
+                let body: request::SplitBody = request::json_body(req, true).await?.expect("required body");
+                (Change::Split(body.weights), body.reason)
+            }
+            "promote" => {
+                let body: request::PromoteBody = request::json_body(req, true).await?.expect("required body");
+                (Change::Promote(body.version), body.reason)
+            }
+            _ => {
+                let body: request::RollbackBody = request::json_body(req, false).await?.unwrap_or_default();
+                (Change::Rollback(body.revision), body.reason)
+            }
+        };
+        let outcome = self.control.change(ChangeRequest { app: app.clone(), change, reason, if_match }).await?;
+        // The control task stored the snapshot before replying: this load sees the change.
+        let snap = self.snapshot.load();
+        let a = snap.app(&app).ok_or(ControlError::UnknownApp(app))?;
+        let mut body = view::app(a);
+        body["changed"] = json!(outcome.changed);
+        Ok(with_etag(json_response(StatusCode::OK, &body), outcome.revision))
+    }
+}
+
+fn allowed(action: &str) -> Method {
+    if action == "split" { Method::PUT } else { Method::POST }
+}
+
+fn text(status: StatusCode, body: impl Into<bytes::Bytes>, content_type: &'static str) -> Response<ResponseBody> {
+    let mut resp = Response::new(ResponseBody::local(body));
+    *resp.status_mut() = status;
+    resp.headers_mut().insert(header::CONTENT_TYPE, header::HeaderValue::from_static(content_type));
+    resp
+}
+
+fn json_response(status: StatusCode, value: &serde_json::Value) -> Response<ResponseBody> {
+    let mut body = serde_json::to_string_pretty(value).expect("JSON values serialize");
+    body.push('\n');
+    text(status, body, "application/json")
+}
+
+fn with_etag(mut resp: Response<ResponseBody>, revision: u64) -> Response<ResponseBody> {
+    let etag = header::HeaderValue::from_str(&format!("\"{revision}\"")).expect("digits are a valid header");
+    resp.headers_mut().insert(header::ETAG, etag);
+    resp
+}

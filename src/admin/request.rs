@@ -1,0 +1,178 @@
+//! Parsing admin requests, and admin errors with their status codes.
+
+use std::collections::BTreeMap;
+
+use http::{HeaderMap, Request, Response, StatusCode, header};
+use http_body_util::{BodyExt, Limited};
+use hyper::body::Incoming;
+use serde::Deserialize;
+use serde_json::json;
+
+use crate::control::ControlError;
+use crate::proxy::ResponseBody;
+
+/// Largest admin request body accepted, in bytes.
+pub const BODY_LIMIT: usize = 64 * 1024;
+
+/// `PUT /apps/{app}/split`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SplitBody {
+    /// Weight per version.
+    pub weights: BTreeMap<String, i64>,
+    /// Why, kept in history.
+    #[serde(default)]
+    pub reason: String,
+}
+
+/// `POST /apps/{app}/promote`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PromoteBody {
+    /// The version to send all traffic to.
+    pub version: String,
+    /// Why, kept in history.
+    #[serde(default)]
+    pub reason: String,
+}
+
+/// `POST /apps/{app}/rollback` (body optional).
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RollbackBody {
+    /// Revision to return to; default the one before the current.
+    #[serde(default)]
+    pub revision: Option<u64>,
+    /// Why, kept in history.
+    #[serde(default)]
+    pub reason: String,
+}
+
+/// A refused admin request: status, a stable code, a message, and per-field details.
+#[derive(Debug)]
+pub struct ApiError {
+    status: StatusCode,
+    code: &'static str,
+    message: String,
+    details: Vec<(String, String)>,
+    allow: Option<&'static str>,
+}
+
+impl ApiError {
+    /// An error with no details.
+    pub fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
+        ApiError { status, code, message: message.into(), details: Vec::new(), allow: None }
+    }
+
+    /// 405 with the allowed method.
+    pub fn method(allow: &str) -> Self {
+        let allow = match allow {
+            "PUT" => "PUT",
+            "POST" => "POST",
+            _ => "GET",
+        };
+        ApiError {
+            allow: Some(allow),
+            ..Self::new(StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed", format!("use {allow}"))
+        }
+    }
+
+    /// The JSON response.
+    pub fn into_response(self) -> Response<ResponseBody> {
+        let details: Vec<_> =
+            self.details.iter().map(|(field, message)| json!({ "field": field, "message": message })).collect();
+        let body = json!({ "error": { "code": self.code, "message": self.message, "details": details } });
+        let mut resp = super::json_response(self.status, &body);
+        if let Some(allow) = self.allow {
+            resp.headers_mut().insert(header::ALLOW, header::HeaderValue::from_static(allow));
+        }
+        resp
+    }
+}
+
+/// Maps every control refusal to its status: the only place this happens.
+impl From<ControlError> for ApiError {
+    fn from(e: ControlError) -> Self {
+        let message = e.to_string();
+        let (status, code) = match &e {
+            ControlError::UnknownApp(_) => (StatusCode::NOT_FOUND, "unknown_app"),
+            ControlError::InvalidWeights(_) => (StatusCode::BAD_REQUEST, "invalid_weights"),
+            ControlError::UnknownVersion { .. } => (StatusCode::BAD_REQUEST, "unknown_version"),
+            ControlError::Stale { .. } => (StatusCode::PRECONDITION_FAILED, "stale_revision"),
+            ControlError::NoSuchRevision(_) => (StatusCode::NOT_FOUND, "unknown_revision"),
+            ControlError::NothingToRollBack => (StatusCode::CONFLICT, "nothing_to_roll_back"),
+            ControlError::Closed => (StatusCode::SERVICE_UNAVAILABLE, "shutting_down"),
+        };
+        let details = match e {
+            ControlError::InvalidWeights(d) => d
+                .into_iter()
+                .map(|(v, m)| (if v.is_empty() { "weights".into() } else { format!("weights.{v}") }, m))
+                .collect(),
+            _ => Vec::new(),
+        };
+        ApiError { details, ..ApiError::new(status, code, message) }
+    }
+}
+
+/// Parses `If-Match: 3`, `"3"` or `*` (any revision).
+pub fn if_match(headers: &HeaderMap) -> Result<Option<u64>, ApiError> {
+    let Some(v) = headers.get(header::IF_MATCH) else { return Ok(None) };
+    let s = v.to_str().unwrap_or("").trim();
+    if s == "*" {
+        return Ok(None);
+    }
+    s.trim_matches('"').parse().map(Some).map_err(|_| {
+        ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "invalid_if_match",
+            format!("If-Match must be a revision number like \"3\", not {s:?}"),
+        )
+    })
+}
+
+/// Reads a JSON body of at most [`BODY_LIMIT`] bytes. An empty body is `None` unless
+/// `required`; a non-empty one must be `application/json`.
+pub async fn json_body<T: serde::de::DeserializeOwned>(
+    req: Request<Incoming>,
+    required: bool,
+) -> Result<Option<T>, ApiError> {
+    let too_large =
+        || ApiError::new(StatusCode::PAYLOAD_TOO_LARGE, "body_too_large", format!("body is over {BODY_LIMIT} bytes"));
+    let declared = req.headers().get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()?.parse::<usize>().ok());
+    if declared.is_some_and(|n| n > BODY_LIMIT) {
+        return Err(too_large());
+    }
+    let content_type = req.headers().get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).map(str::to_owned);
+    let bytes = Limited::new(req.into_body(), BODY_LIMIT)
+        .collect()
+        .await
+        .map_err(|e| {
+            if e.is::<http_body_util::LengthLimitError>() {
+                too_large()
+            } else {
+                ApiError::new(StatusCode::BAD_REQUEST, "bad_body", format!("reading the body failed: {e}"))
+            }
+        })?
+        .to_bytes();
+    if bytes.iter().all(u8::is_ascii_whitespace) {
+        return if required {
+            Err(ApiError::new(StatusCode::BAD_REQUEST, "missing_body", "this call needs a JSON body"))
+        } else {
+            Ok(None)
+        };
+    }
+    let is_json = content_type
+        .as_deref()
+        .and_then(|ct| ct.split(';').next())
+        .is_some_and(|mime| mime.trim().eq_ignore_ascii_case("application/json"));
+    if !is_json {
+        return Err(ApiError::new(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "unsupported_media_type",
+            format!("Content-Type must be application/json, not {:?}", content_type.unwrap_or_default()),
+        ));
+    }
+    serde_json::from_slice(&bytes)
+        .map(Some)
+        .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "invalid_json", format!("invalid JSON body: {e}")))
+}

@@ -1,0 +1,193 @@
+//! Semantic checks on a parsed config. Pure: config in, problems out.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+
+use super::{Config, Problem};
+
+/// Largest weight accepted for one version (Gateway API's limit).
+pub const MAX_WEIGHT: i64 = 1_000_000;
+
+fn problem(field: impl Into<String>, message: impl Into<String>) -> Problem {
+    Problem { field: field.into(), location: None, message: message.into() }
+}
+
+/// Checks a name used for apps, versions and listeners: it appears in URLs, metric labels and
+/// Kubernetes labels, so it is held to the DNS-label-like set `[A-Za-z0-9._-]`, 1..=63 long.
+pub fn validate_name(name: &str) -> Result<(), String> {
+    if name.is_empty() || name.len() > 63 {
+        return Err(format!("name {name:?} must be 1 to 63 characters long"));
+    }
+    if !name.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.')) {
+        return Err(format!("name {name:?} may only hold letters, digits, '-', '_' and '.'"));
+    }
+    Ok(())
+}
+
+/// Checks a split against the versions it may name. Returns `(version, message)` pairs; an
+/// empty version means the problem is with the split as a whole. Shared by the config loader
+/// and the admin API so both enforce exactly the same rules.
+pub fn validate_weights<'a>(
+    weights: &BTreeMap<String, i64>,
+    known: impl Iterator<Item = &'a String> + Clone,
+) -> Vec<(String, String)> {
+    let mut out = Vec::new();
+    for (version, &w) in weights {
+        if !known.clone().any(|k| k == version) {
+            let names: Vec<&str> = known.clone().map(String::as_str).collect();
+            out.push((version.clone(), format!("unknown version {version:?}; this app has {}", names.join(", "))));
+        } else if w < 0 {
+            out.push((version.clone(), format!("weight of {version} is {w}; weights must be >= 0")));
+        } else if w > MAX_WEIGHT {
+            out.push((version.clone(), format!("weight of {version} is {w}; the maximum is {MAX_WEIGHT}")));
+        }
+    }
+    if out.is_empty() && weights.values().all(|&w| w == 0) {
+        out.push((String::new(), "all weights are zero; at least one version needs traffic".into()));
+    }
+    out
+}
+
+pub(super) fn validate(config: &Config) -> Vec<Problem> {
+    let mut out = Vec::new();
+    if config.admin.history_limit < 2 {
+        out.push(problem("admin.history_limit", "must be at least 2 to allow a rollback"));
+    }
+    if config.listeners.is_empty() {
+        out.push(problem("listeners", "at least one listener is required"));
+    }
+    if config.apps.is_empty() {
+        out.push(problem("apps", "at least one app is required"));
+    }
+    let mut bound: HashMap<std::net::SocketAddr, String> = HashMap::new();
+    bound.insert(config.admin.addr, "admin.addr".into());
+    for (name, l) in &config.listeners {
+        let field = format!("listeners.{name}");
+        if let Err(m) = validate_name(name) {
+            out.push(problem(&field, m));
+        }
+        if let Some(other) = bound.insert(l.addr, format!("{field}.addr")) {
+            if l.addr.port() != 0 {
+                out.push(problem(format!("{field}.addr"), format!("{} is also used by {other}", l.addr)));
+            }
+        }
+    }
+    // (listener, host) -> app, to catch two apps claiming the same host on one listener.
+    let mut hosts: HashMap<(&str, String), &str> = HashMap::new();
+    let mut defaults: HashMap<&str, &str> = HashMap::new();
+    for (app_name, app) in &config.apps {
+        let field = format!("apps.{app_name}");
+        if let Err(m) = validate_name(app_name) {
+            out.push(problem(&field, m));
+        }
+        if !config.listeners.contains_key(&app.listener) {
+            out.push(problem(
+                format!("{field}.listener"),
+                format!("no listener named {:?} in [listeners]", app.listener),
+            ));
+        }
+        if app.hosts.is_empty() {
+            if let Some(other) = defaults.insert(&app.listener, app_name) {
+                out.push(problem(
+                    format!("{field}.hosts"),
+                    format!(
+                        "apps {other} and {app_name} are both the default app of listener {}; \
+                         give one of them hosts",
+                        app.listener
+                    ),
+                ));
+            }
+        }
+        for (i, host) in app.hosts.iter().enumerate() {
+            let h = host.to_ascii_lowercase();
+            if h.is_empty() || h.contains([':', '/', ' ']) {
+                out.push(problem(
+                    format!("{field}.hosts[{i}]"),
+                    format!("{host:?} is not a bare host name (no port, scheme or path)"),
+                ));
+            } else if let Some(other) = hosts.insert((&app.listener, h), app_name) {
+                out.push(problem(
+                    format!("{field}.hosts[{i}]"),
+                    format!("host {host:?} is already served by app {other} on this listener"),
+                ));
+            }
+        }
+        validate_versions(app_name, app, &mut out);
+        for (version, message) in validate_weights(&app.split, app.versions.keys()) {
+            let f = if version.is_empty() { format!("{field}.split") } else { format!("{field}.split.{version}") };
+            out.push(problem(f, message));
+        }
+        let t = &app.timeouts;
+        for (key, d) in [("connect", t.connect), ("request", t.request), ("idle", t.idle)] {
+            if d.is_zero() {
+                out.push(problem(format!("{field}.timeouts.{key}"), "must be greater than zero"));
+            }
+        }
+    }
+    out
+}
+
+fn validate_versions(app_name: &str, app: &super::AppConfig, out: &mut Vec<Problem>) {
+    let field = format!("apps.{app_name}.versions");
+    if app.versions.is_empty() {
+        out.push(problem(&field, "at least one version is required"));
+    }
+    let mut addrs: HashMap<std::net::SocketAddr, String> = HashMap::new();
+    for (version, v) in &app.versions {
+        let vfield = format!("{field}.{version}");
+        if let Err(m) = validate_name(version) {
+            out.push(problem(&vfield, m));
+        }
+        if v.endpoints.is_empty() {
+            out.push(problem(format!("{vfield}.endpoints"), "at least one endpoint is required"));
+        }
+        let mut names = HashSet::new();
+        for (i, ep) in v.endpoints.iter().enumerate() {
+            let efield = format!("{vfield}.endpoints[{i}]");
+            if ep.addr.port() == 0 {
+                out.push(problem(format!("{efield}.addr"), "port 0 is not a reachable endpoint"));
+            }
+            if let Some(other) = addrs.insert(ep.addr, efield.clone()) {
+                out.push(problem(format!("{efield}.addr"), format!("{} is also listed at {other}", ep.addr)));
+            }
+            let name = ep.display_name();
+            if name.is_empty() || name.len() > 253 {
+                out.push(problem(format!("{efield}.name"), "must be 1 to 253 characters long"));
+            } else if !names.insert(name.clone()) {
+                out.push(problem(format!("{efield}.name"), format!("endpoint name {name:?} is used twice")));
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn weights(pairs: &[(&str, i64)]) -> BTreeMap<String, i64> {
+        pairs.iter().map(|(k, v)| (k.to_string(), *v)).collect()
+    }
+
+    #[test]
+    fn weights_rules() {
+        let known = ["v1".to_string(), "v2".to_string()];
+        assert!(validate_weights(&weights(&[("v1", 90), ("v2", 10)]), known.iter()).is_empty());
+        assert!(validate_weights(&weights(&[("v2", 1)]), known.iter()).is_empty());
+        let e = validate_weights(&weights(&[("v1", 0), ("v2", 0)]), known.iter());
+        assert!(e[0].1.contains("all weights are zero"), "{e:?}");
+        let e = validate_weights(&weights(&[("v1", -1), ("v2", 10)]), known.iter());
+        assert_eq!(e[0].0, "v1");
+        let e = validate_weights(&weights(&[("v3", 1)]), known.iter());
+        assert!(e[0].1.contains("unknown version \"v3\"; this app has v1, v2"), "{e:?}");
+        let e = validate_weights(&weights(&[("v1", MAX_WEIGHT + 1)]), known.iter());
+        assert!(e[0].1.contains("maximum"));
+        assert!(!validate_weights(&weights(&[]), known.iter()).is_empty());
+    }
+
+    #[test]
+    fn names() {
+        assert!(validate_name("canary-2.0_x").is_ok());
+        assert!(validate_name("").is_err());
+        assert!(validate_name("a/b").is_err());
+        assert!(validate_name(&"x".repeat(64)).is_err());
+    }
+}

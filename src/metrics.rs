@@ -1,0 +1,175 @@
+//! Prometheus metrics. Label handles are resolved when a snapshot is built, so a request only
+//! increments atomics it already holds (no label lookup, no allocation, no lock).
+
+use prometheus::{
+    Encoder, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGaugeVec, Opts, Registry, TextEncoder,
+};
+
+/// Latency buckets in seconds: 0.5 ms to 30 s.
+const LATENCY_BUCKETS: &[f64] =
+    &[0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0];
+
+/// Why Weir answered for the upstream, as `kind` label of `weir_upstream_errors_total`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum UpstreamErrorKind {
+    /// The TCP connection could not be made (refused, unreachable).
+    Connect,
+    /// The connect or the response headers took longer than the timeout.
+    Timeout,
+    /// The connection broke, or the upstream sent something that is not HTTP.
+    Protocol,
+    /// No healthy endpoint in the chosen version.
+    NoEndpoint,
+}
+
+impl UpstreamErrorKind {
+    /// All kinds, in label order.
+    pub const ALL: [UpstreamErrorKind; 4] = [Self::Connect, Self::Timeout, Self::Protocol, Self::NoEndpoint];
+
+    /// The label value.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Connect => "connect",
+            Self::Timeout => "timeout",
+            Self::Protocol => "protocol",
+            Self::NoEndpoint => "no_endpoint",
+        }
+    }
+}
+
+/// All metric families of one Weir process, in one registry.
+#[derive(Debug, Clone)]
+pub struct Metrics {
+    registry: Registry,
+    requests: IntCounterVec,
+    latency: HistogramVec,
+    upstream_errors: IntCounterVec,
+    endpoint_requests: IntCounterVec,
+    weight: IntGaugeVec,
+    revision: IntGaugeVec,
+    /// Requests whose host matched no app (`weir_unrouted_requests_total`).
+    pub unrouted: IntCounter,
+}
+
+/// Pre-resolved handles for one app version, held in the snapshot.
+#[derive(Debug, Clone)]
+pub struct VersionMetrics {
+    /// Requests by status class: index 0 = 1xx … 4 = 5xx.
+    pub requests: [IntCounter; 5],
+    /// Time to response headers.
+    pub latency: prometheus::Histogram,
+    /// Errors by [`UpstreamErrorKind`], indexed like [`UpstreamErrorKind::ALL`].
+    pub errors: [IntCounter; 4],
+}
+
+impl VersionMetrics {
+    /// Counts one response by its status.
+    #[inline]
+    pub fn count_status(&self, status: http::StatusCode) {
+        let class = (status.as_u16() / 100).clamp(1, 5) as usize - 1;
+        self.requests[class].inc();
+    }
+
+    /// Counts one upstream error.
+    #[inline]
+    pub fn count_error(&self, kind: UpstreamErrorKind) {
+        self.errors[kind as usize].inc();
+    }
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Metrics {
+    /// Creates and registers every family.
+    pub fn new() -> Self {
+        let registry = Registry::new();
+        let requests = IntCounterVec::new(
+            Opts::new("weir_requests_total", "Requests answered, by app, version and status class."),
+            &["app", "version", "class"],
+        )
+        .expect("valid metric");
+        let latency = HistogramVec::new(
+            HistogramOpts::new(
+                "weir_request_duration_seconds",
+                "Time from receiving a request to sending its response headers.",
+            )
+            .buckets(LATENCY_BUCKETS.to_vec()),
+            &["app", "version"],
+        )
+        .expect("valid metric");
+        let upstream_errors = IntCounterVec::new(
+            Opts::new("weir_upstream_errors_total", "Requests Weir answered itself, by cause."),
+            &["app", "version", "kind"],
+        )
+        .expect("valid metric");
+        let endpoint_requests = IntCounterVec::new(
+            Opts::new("weir_endpoint_requests_total", "Requests sent to each endpoint."),
+            &["app", "version", "endpoint"],
+        )
+        .expect("valid metric");
+        let weight = IntGaugeVec::new(
+            Opts::new("weir_version_weight", "Current weight of each version in its app's split."),
+            &["app", "version"],
+        )
+        .expect("valid metric");
+        let revision =
+            IntGaugeVec::new(Opts::new("weir_app_revision", "Current split revision number of each app."), &["app"])
+                .expect("valid metric");
+        let unrouted =
+            IntCounter::new("weir_unrouted_requests_total", "Requests whose Host matched no app (answered 404).")
+                .expect("valid metric");
+        for c in [
+            Box::new(requests.clone()) as Box<dyn prometheus::core::Collector>,
+            Box::new(latency.clone()),
+            Box::new(upstream_errors.clone()),
+            Box::new(endpoint_requests.clone()),
+            Box::new(weight.clone()),
+            Box::new(revision.clone()),
+            Box::new(unrouted.clone()),
+        ] {
+            registry.register(c).expect("metric names are unique");
+        }
+        Metrics { registry, requests, latency, upstream_errors, endpoint_requests, weight, revision, unrouted }
+    }
+
+    /// Handles for one app version.
+    pub fn version(&self, app: &str, version: &str) -> VersionMetrics {
+        let class = |c: &str| self.requests.with_label_values(&[app, version, c]);
+        let kind = |k: UpstreamErrorKind| self.upstream_errors.with_label_values(&[app, version, k.as_str()]);
+        VersionMetrics {
+            requests: ["1xx", "2xx", "3xx", "4xx", "5xx"].map(class),
+            latency: self.latency.with_label_values(&[app, version]),
+            errors: UpstreamErrorKind::ALL.map(kind),
+        }
+    }
+
+    /// Handle for one endpoint's request counter.
+    pub fn endpoint(&self, app: &str, version: &str, endpoint: &str) -> IntCounter {
+        self.endpoint_requests.with_label_values(&[app, version, endpoint])
+    }
+
+    /// Drops an endpoint's series once it has left its pool, so churning pods do not grow the
+    /// exposition forever.
+    pub fn forget_endpoint(&self, app: &str, version: &str, endpoint: &str) {
+        let _ = self.endpoint_requests.remove_label_values(&[app, version, endpoint]);
+    }
+
+    /// Publishes an app's current weights and revision.
+    pub fn set_split(&self, app: &str, weights: &[(&str, u32)], revision: u64) {
+        for (version, w) in weights {
+            self.weight.with_label_values(&[app, version]).set(i64::from(*w));
+        }
+        self.revision.with_label_values(&[app]).set(revision as i64);
+    }
+
+    /// The Prometheus text exposition of every family.
+    pub fn render(&self) -> String {
+        let mut buf = Vec::new();
+        TextEncoder::new().encode(&self.registry.gather(), &mut buf).expect("text encoding cannot fail");
+        String::from_utf8(buf).expect("exposition is UTF-8")
+    }
+}

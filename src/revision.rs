@@ -1,0 +1,114 @@
+//! Numbered split revisions of one app, like `kubectl rollout history`.
+
+use std::collections::{BTreeMap, VecDeque};
+use std::time::SystemTime;
+
+use serde::Serialize;
+
+/// What made a revision.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum Cause {
+    /// The config file's split, at start.
+    Config,
+    /// `PUT /apps/{app}/split`.
+    Split,
+    /// `POST /apps/{app}/promote` of one version.
+    Promote {
+        /// The version that now takes all traffic.
+        version: String,
+    },
+    /// `POST /apps/{app}/rollback`.
+    Rollback {
+        /// The revision whose weights were restored.
+        to: u64,
+    },
+}
+
+/// One revision of an app's split.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Revision {
+    /// 1, 2, 3 … per app; never reused.
+    pub number: u64,
+    /// Weight of every version.
+    pub weights: BTreeMap<String, u32>,
+    /// Why, as the operator said it (empty when not given).
+    pub reason: String,
+    /// What made it.
+    pub cause: Cause,
+    /// When it was stored, RFC 3339 UTC.
+    #[serde(serialize_with = "rfc3339")]
+    pub at: SystemTime,
+}
+
+fn rfc3339<S: serde::Serializer>(t: &SystemTime, s: S) -> Result<S::Ok, S::Error> {
+    s.collect_str(&humantime::format_rfc3339_millis(*t))
+}
+
+/// The revisions of one app, newest last, at most `limit` of them.
+#[derive(Debug, Clone)]
+pub struct History {
+    revisions: VecDeque<Revision>,
+    limit: usize,
+}
+
+impl History {
+    /// A history whose revision 1 is the config's split.
+    pub fn new(weights: BTreeMap<String, u32>, limit: usize) -> Self {
+        let first = Revision { number: 1, weights, reason: String::new(), cause: Cause::Config, at: SystemTime::now() };
+        History { revisions: VecDeque::from([first]), limit: limit.max(2) }
+    }
+
+    /// The revision in force.
+    pub fn current(&self) -> &Revision {
+        self.revisions.back().expect("a history is never empty")
+    }
+
+    /// The revision numbered `n`, if still kept.
+    pub fn get(&self, n: u64) -> Option<&Revision> {
+        self.revisions.iter().find(|r| r.number == n)
+    }
+
+    /// The revision before the current one, if still kept.
+    pub fn previous(&self) -> Option<&Revision> {
+        self.revisions.iter().rev().nth(1)
+    }
+
+    /// All kept revisions, oldest first.
+    pub fn iter(&self) -> impl Iterator<Item = &Revision> {
+        self.revisions.iter()
+    }
+
+    /// Records new weights as the next revision, dropping the oldest beyond the limit.
+    pub fn record(&mut self, weights: BTreeMap<String, u32>, reason: String, cause: Cause) -> &Revision {
+        let number = self.current().number + 1;
+        self.revisions.push_back(Revision { number, weights, reason, cause, at: SystemTime::now() });
+        while self.revisions.len() > self.limit {
+            self.revisions.pop_front();
+        }
+        self.current()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn w(v1: u32, v2: u32) -> BTreeMap<String, u32> {
+        BTreeMap::from([("v1".to_string(), v1), ("v2".to_string(), v2)])
+    }
+
+    #[test]
+    fn numbers_grow_and_old_revisions_drop() {
+        let mut h = History::new(w(90, 10), 3);
+        assert_eq!(h.current().number, 1);
+        assert!(h.previous().is_none());
+        h.record(w(50, 50), "half".into(), Cause::Split);
+        h.record(w(0, 100), String::new(), Cause::Promote { version: "v2".into() });
+        assert_eq!(h.previous().unwrap().weights, w(50, 50));
+        h.record(w(90, 10), String::new(), Cause::Rollback { to: 1 });
+        assert_eq!(h.current().number, 4);
+        assert!(h.get(1).is_none(), "limit 3 keeps revisions 2..=4");
+        assert_eq!(h.iter().map(|r| r.number).collect::<Vec<_>>(), [2, 3, 4]);
+    }
+}

@@ -1,0 +1,199 @@
+//! The routing snapshot: everything the data plane needs, immutable, swapped whole.
+//!
+//! [`build`] is a plain function of (config, current splits, previous snapshot): no I/O, so it is
+//! unit-tested with hand-built inputs. It carries over what must outlive a rebuild — endpoint
+//! health/load atomics and upstream connection pools — from the previous snapshot.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+
+use crate::config::{AppConfig, Config};
+use crate::metrics::{Metrics, VersionMetrics};
+use crate::pool::{Endpoint, EndpointState, Pool};
+use crate::split::Split;
+use crate::upstream::Upstream;
+
+/// The split an app runs now: its weights and the revision that set them.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SplitState {
+    /// Revision number (1 = the config's split at start).
+    pub revision: u64,
+    /// Weight per version name; versions not listed get 0.
+    pub weights: BTreeMap<String, u32>,
+}
+
+/// All apps and how listeners reach them.
+#[derive(Debug)]
+pub struct Snapshot {
+    /// Increases with every stored snapshot.
+    pub generation: u64,
+    /// Apps in name order.
+    pub apps: Box<[App]>,
+    /// Routing per listener, in listener-name order (the order listeners were bound).
+    pub listeners: Box<[ListenerRoutes]>,
+}
+
+/// Host routing of one listener.
+#[derive(Debug, Default)]
+pub struct ListenerRoutes {
+    /// Listener name.
+    pub name: String,
+    /// Lower-case host → index into [`Snapshot::apps`].
+    by_host: HashMap<Box<str>, usize>,
+    /// App for hosts not listed (the app configured without `hosts`).
+    default: Option<usize>,
+}
+
+/// One application: its versions and split.
+#[derive(Debug)]
+pub struct App {
+    /// App name.
+    pub name: Arc<str>,
+    /// The split revision this snapshot serves.
+    pub revision: u64,
+    /// Versions in name order, aligned with the split's weights.
+    pub versions: Box<[Version]>,
+    /// Per-request version choice.
+    pub split: Split,
+    /// Upstream client and timeouts.
+    pub upstream: Upstream,
+}
+
+/// One version of an app.
+#[derive(Debug)]
+pub struct Version {
+    /// Version name (v1, blue, canary …).
+    pub name: Arc<str>,
+    /// Current weight.
+    pub weight: u32,
+    /// Its endpoints.
+    pub pool: Pool,
+    /// Pre-resolved metric handles.
+    pub metrics: VersionMetrics,
+}
+
+impl Snapshot {
+    /// The app serving `host` on listener `listener`. `host` may carry a port and any case.
+    #[inline]
+    pub fn route(&self, listener: usize, host: Option<&str>) -> Option<&App> {
+        let routes = self.listeners.get(listener)?;
+        let index = host.map(strip_port).and_then(|h| lookup_host(&routes.by_host, h)).or(routes.default)?;
+        self.apps.get(index)
+    }
+
+    /// The app called `name`.
+    pub fn app(&self, name: &str) -> Option<&App> {
+        self.apps.iter().find(|a| &*a.name == name)
+    }
+}
+
+fn strip_port(host: &str) -> &str {
+    if host.starts_with('[') {
+        // [v6]:port
+        return host.split_inclusive(']').next().unwrap_or(host);
+    }
+    host.rsplit_once(':').map_or(host, |(h, _)| h)
+}
+
+/// Case-insensitive lookup without allocating: most hosts arrive lower-case already; others
+/// are lowered into a stack buffer.
+fn lookup_host(map: &HashMap<Box<str>, usize>, host: &str) -> Option<usize> {
+    if map.is_empty() {
+        return None;
+    }
+    if !host.bytes().any(|b| b.is_ascii_uppercase()) {
+        return map.get(host).copied();
+    }
+    let mut buf = [0u8; 255];
+    let bytes = host.as_bytes();
+    let lowered = buf.get_mut(..bytes.len())?;
+    lowered.copy_from_slice(bytes);
+    lowered.make_ascii_lowercase();
+    map.get(std::str::from_utf8(lowered).ok()?).copied()
+}
+
+impl App {
+    /// Weights aligned with `versions`.
+    pub fn weights(&self) -> impl Iterator<Item = (&str, u32)> {
+        self.versions.iter().map(|v| (&*v.name, v.weight))
+    }
+}
+
+/// Builds the next snapshot. `splits` holds the current split of every app in `config`.
+pub fn build(
+    config: &Config,
+    splits: &BTreeMap<String, SplitState>,
+    prev: Option<&Snapshot>,
+    metrics: &Metrics,
+    generation: u64,
+) -> Snapshot {
+    let apps: Box<[App]> = config
+        .apps
+        .iter()
+        .map(|(name, app)| {
+            let prev_app = prev.and_then(|p| p.app(name));
+            build_app(name, app, &splits[name], prev_app, metrics)
+        })
+        .collect();
+    let listeners = config
+        .listeners
+        .keys()
+        .map(|listener| {
+            let mut routes = ListenerRoutes { name: listener.clone(), ..Default::default() };
+            for (i, (_, app)) in config.apps.iter().enumerate().filter(|(_, (_, a))| &a.listener == listener) {
+                if app.hosts.is_empty() {
+                    routes.default = Some(i);
+                }
+                for h in &app.hosts {
+                    routes.by_host.insert(h.to_ascii_lowercase().into(), i);
+                }
+            }
+            routes
+        })
+        .collect();
+    Snapshot { generation, apps, listeners }
+}
+
+fn build_app(name: &str, app: &AppConfig, split: &SplitState, prev: Option<&App>, metrics: &Metrics) -> App {
+    let versions: Box<[Version]> = app
+        .versions
+        .iter()
+        .map(|(vname, v)| {
+            let prev_pool = prev.and_then(|p| p.versions.iter().find(|pv| &*pv.name == vname));
+            let endpoints = v
+                .endpoints
+                .iter()
+                .map(|ep| {
+                    let ep_name = ep.display_name();
+                    // Same address in the same version: the same endpoint, keep its state.
+                    let state = prev_pool
+                        .and_then(|p| p.pool.endpoints().iter().find(|e| e.addr == ep.addr))
+                        .map(|e| Arc::clone(&e.state))
+                        .unwrap_or_else(|| Arc::new(EndpointState::new(true)));
+                    Endpoint {
+                        requests: metrics.endpoint(name, vname, &ep_name),
+                        name: ep_name.into(),
+                        addr: ep.addr,
+                        authority: ep.addr.to_string().parse().expect("a socket address is an authority"),
+                        state,
+                    }
+                })
+                .collect();
+            Version {
+                name: vname.as_str().into(),
+                weight: split.weights.get(vname).copied().unwrap_or(0),
+                pool: Pool::new(endpoints, app.balance),
+                metrics: metrics.version(name, vname),
+            }
+        })
+        .collect();
+    let weights: Vec<u32> = versions.iter().map(|v| v.weight).collect();
+    let upstream = match prev {
+        Some(p) if p.upstream.timeouts == app.timeouts => p.upstream.clone(),
+        _ => Upstream::new(&app.timeouts),
+    };
+    App { name: name.into(), revision: split.revision, split: Split::new(&weights), versions, upstream }
+}
+
+#[cfg(test)]
+mod tests;
