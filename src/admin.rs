@@ -45,8 +45,11 @@ impl Admin {
 
     /// Serves one admin request.
     pub async fn handle(self, req: Request<Incoming>, _client: SocketAddr) -> Response<ResponseBody> {
+        let had_body = !http_body::Body::is_end_stream(req.body());
         match self.route(req).await {
             Ok(resp) => resp,
+            // A refused request's body may be unread, which leaves the connection unusable.
+            Err(e) if had_body => e.closing().into_response(),
             Err(e) => e.into_response(),
         }
     }

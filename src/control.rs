@@ -144,10 +144,10 @@ impl Control {
         let app_cfg = self.config.apps.get(&req.app).ok_or_else(|| ControlError::UnknownApp(req.app.clone()))?;
         let history = self.histories.get_mut(&req.app).expect("every app has a history");
         let current = history.current();
-        if let Some(expected) = req.if_match {
-            if expected != current.number {
-                return Err(ControlError::Stale { expected, current: current.number });
-            }
+        if let Some(expected) = req.if_match
+            && expected != current.number
+        {
+            return Err(ControlError::Stale { expected, current: current.number });
         }
         let versions = || app_cfg.versions.keys();
         let (weights, cause) = match req.change {

@@ -56,12 +56,15 @@ pub struct ApiError {
     message: String,
     details: Vec<(String, String)>,
     allow: Option<&'static str>,
+    /// The request body was left unread: the connection cannot carry another request, so
+    /// say `Connection: close` or a client would reuse it and fail its next request.
+    close: bool,
 }
 
 impl ApiError {
     /// An error with no details.
     pub fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
-        ApiError { status, code, message: message.into(), details: Vec::new(), allow: None }
+        ApiError { status, code, message: message.into(), details: Vec::new(), allow: None, close: false }
     }
 
     /// 405 with the allowed method.
@@ -77,6 +80,11 @@ impl ApiError {
         }
     }
 
+    /// Also closes the connection after answering.
+    pub fn closing(self) -> Self {
+        ApiError { close: true, ..self }
+    }
+
     /// The JSON response.
     pub fn into_response(self) -> Response<ResponseBody> {
         let details: Vec<_> =
@@ -85,6 +93,9 @@ impl ApiError {
         let mut resp = super::json_response(self.status, &body);
         if let Some(allow) = self.allow {
             resp.headers_mut().insert(header::ALLOW, header::HeaderValue::from_static(allow));
+        }
+        if self.close {
+            resp.headers_mut().insert(header::CONNECTION, header::HeaderValue::from_static("close"));
         }
         resp
     }

@@ -45,7 +45,7 @@ enum Segment<'a> {
 fn child<'v, 'i>(value: &'v DeValue<'i>, seg: &Segment<'_>) -> Option<&'v Spanned<DeValue<'i>>> {
     match (value, seg) {
         (DeValue::Table(t), Segment::Key(k)) => find_key(t, k).map(|(_, v)| v),
-        (DeValue::Array(a), Segment::Index(i)) => a.iter().nth(*i),
+        (DeValue::Array(a), Segment::Index(i)) => a.get(*i),
         _ => None,
     }
 }

@@ -65,10 +65,10 @@ pub(super) fn validate(config: &Config) -> Vec<Problem> {
         if let Err(m) = validate_name(name) {
             out.push(problem(&field, m));
         }
-        if let Some(other) = bound.insert(l.addr, format!("{field}.addr")) {
-            if l.addr.port() != 0 {
-                out.push(problem(format!("{field}.addr"), format!("{} is also used by {other}", l.addr)));
-            }
+        if let Some(other) = bound.insert(l.addr, format!("{field}.addr"))
+            && l.addr.port() != 0
+        {
+            out.push(problem(format!("{field}.addr"), format!("{} is also used by {other}", l.addr)));
         }
     }
     // (listener, host) -> app, to catch two apps claiming the same host on one listener.
@@ -85,17 +85,17 @@ pub(super) fn validate(config: &Config) -> Vec<Problem> {
                 format!("no listener named {:?} in [listeners]", app.listener),
             ));
         }
-        if app.hosts.is_empty() {
-            if let Some(other) = defaults.insert(&app.listener, app_name) {
-                out.push(problem(
-                    format!("{field}.hosts"),
-                    format!(
-                        "apps {other} and {app_name} are both the default app of listener {}; \
+        if app.hosts.is_empty()
+            && let Some(other) = defaults.insert(&app.listener, app_name)
+        {
+            out.push(problem(
+                format!("{field}.hosts"),
+                format!(
+                    "apps {other} and {app_name} are both the default app of listener {}; \
                          give one of them hosts",
-                        app.listener
-                    ),
-                ));
-            }
+                    app.listener
+                ),
+            ));
         }
         for (i, host) in app.hosts.iter().enumerate() {
             let h = host.to_ascii_lowercase();
@@ -148,6 +148,7 @@ fn validate_versions(app_name: &str, app: &super::AppConfig, out: &mut Vec<Probl
             }
             if let Some(other) = addrs.insert(ep.addr, efield.clone()) {
                 out.push(problem(format!("{efield}.addr"), format!("{} is also listed at {other}", ep.addr)));
+                continue; // its default name repeats too; one report is enough
             }
             let name = ep.display_name();
             if name.is_empty() || name.len() > 253 {

@@ -1,0 +1,153 @@
+//! Data-plane behaviour on real sockets: headers, streaming, errors, h2c, host routing.
+
+mod common;
+
+use std::time::Duration;
+
+use bytes::Bytes;
+use common::{Backend, ChannelBody, Client, start, two_versions, urls};
+use http::Request;
+use http_body_util::{BodyExt, Full};
+use hyper_util::client::legacy::Client as HyperClient;
+use hyper_util::rt::TokioExecutor;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn forwards_headers_and_drops_hop_by_hop() {
+    let (weir, _b) = two_versions(100, 0).await;
+    let (url, _) = urls(&weir);
+    let req = Request::get(format!("{url}/headers"))
+        .header("host", "shop.example:8080")
+        .header("connection", "keep-alive, x-private")
+        .header("x-private", "secret")
+        .header("keep-alive", "timeout=5")
+        .header("x-forwarded-for", "203.0.113.7")
+        .header("x-custom", "kept")
+        .body(Full::default())
+        .unwrap();
+    let r = Client::new().send(req).await.unwrap();
+    assert_eq!(r.status, 200);
+    let seen: Vec<&str> = r.body.lines().collect();
+    assert!(seen.contains(&"host: shop.example:8080"), "{seen:?}");
+    assert!(seen.contains(&"x-custom: kept"));
+    assert!(seen.contains(&"x-forwarded-for: 203.0.113.7, 127.0.0.1"), "{seen:?}");
+    assert!(seen.contains(&"x-forwarded-proto: http"));
+    assert!(seen.contains(&"x-forwarded-host: shop.example:8080"));
+    for gone in ["x-private", "keep-alive"] {
+        assert!(!seen.iter().any(|l| l.starts_with(&format!("{gone}:"))), "{gone} was forwarded: {seen:?}");
+    }
+    weir.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bodies_stream_both_ways_without_buffering() {
+    let (weir, _b) = two_versions(100, 0).await;
+    let (url, _) = urls(&weir);
+    // Request body: send one chunk, read its echo back before sending the next. A proxy that
+    // buffered the whole request body would never return the first echo, and this would hang
+    // until the timeout.
+    let client: HyperClient<_, ChannelBody> = HyperClient::builder(TokioExecutor::new()).build_http();
+    let (tx, rx) = tokio::sync::mpsc::channel(1);
+    let req = Request::post(format!("{url}/echo")).body(ChannelBody(rx)).unwrap();
+    tx.send(Bytes::from_static(b"ping-1")).await.unwrap();
+    let resp = tokio::time::timeout(Duration::from_secs(10), client.request(req)).await.unwrap().unwrap();
+    let mut body = resp.into_body();
+    let first = tokio::time::timeout(Duration::from_secs(10), body.frame()).await.expect("first echo streamed");
+    assert_eq!(first.unwrap().unwrap().into_data().unwrap(), "ping-1");
+    tx.send(Bytes::from_static(b"ping-2")).await.unwrap();
+    drop(tx);
+    let rest = body.collect().await.unwrap().to_bytes();
+    assert_eq!(rest, "ping-2");
+
+    // Response body: the backend holds its second chunk until released.
+    let backend_release = _b[0].release.clone();
+    let backend_release2 = _b[1].release.clone();
+    let plain: HyperClient<_, Full<Bytes>> = HyperClient::builder(TokioExecutor::new()).build_http();
+    let resp = plain.get(format!("{url}/drip").parse().unwrap()).await.unwrap();
+    let mut body = resp.into_body();
+    let first = tokio::time::timeout(Duration::from_secs(10), body.frame()).await.expect("first chunk streamed");
+    assert_eq!(first.unwrap().unwrap().into_data().unwrap(), "first\n");
+    backend_release.notify_one();
+    backend_release2.notify_one();
+    assert_eq!(body.collect().await.unwrap().to_bytes(), "second\n");
+
+    // A large body arrives intact.
+    let big: Vec<u8> = (0..4 * 1024 * 1024).map(|i| (i % 251) as u8).collect();
+    let r = plain.request(Request::post(format!("{url}/echo")).body(Full::new(Bytes::from(big.clone()))).unwrap());
+    let got = r.await.unwrap().into_body().collect().await.unwrap().to_bytes();
+    assert_eq!(got.len(), big.len());
+    assert!(got == big);
+    weir.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn refused_is_502_and_slow_is_504_with_a_text_body() {
+    let slow = Backend::spawn("slow", "v1").await;
+    let dead = Backend::spawn("dead", "v2").await;
+    let cfg = common::config(
+        &[("v1", &[&slow]), ("v2", &[&dead])],
+        &[("v1", 1), ("v2", 0)],
+        "timeouts = { request = \"300ms\", connect = \"500ms\" }",
+    );
+    dead.kill().await;
+    let weir = start(&cfg).await;
+    let (url, admin) = urls(&weir);
+    let client = Client::new();
+    let r = client.get(&format!("{url}/slow")).await;
+    assert_eq!(r.status, 504);
+    assert_eq!(r.body, "weir: upstream timed out\n");
+    client.call("POST", &format!("{admin}/apps/web/promote"), r#"{"version":"v2"}"#).await;
+    let r = client.get(&url).await;
+    assert_eq!(r.status, 502);
+    assert_eq!(r.body, "weir: upstream unreachable\n");
+    assert!(r.headers["content-type"].to_str().unwrap().starts_with("text/plain"));
+    weir.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn serves_h2c_clients() {
+    let (weir, _b) = two_versions(0, 100).await;
+    let (url, _) = urls(&weir);
+    let client: HyperClient<_, Full<Bytes>> = HyperClient::builder(TokioExecutor::new()).http2_only(true).build_http();
+    for _ in 0..10 {
+        let resp = client.get(url.parse().unwrap()).await.unwrap();
+        assert_eq!(resp.version(), http::Version::HTTP_2);
+        assert_eq!(resp.status(), 200);
+        let body = resp.into_body().collect().await.unwrap().to_bytes();
+        assert!(body.starts_with(b"Host: web-v2-"), "{body:?}");
+    }
+    weir.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn apps_share_a_listener_by_host() {
+    let web = Backend::spawn("web-0", "v1").await;
+    let api = Backend::spawn("api-0", "stable").await;
+    let cfg = format!(
+        r#"
+[admin]
+addr = "127.0.0.1:0"
+[listeners.main]
+addr = "127.0.0.1:0"
+[apps.web]
+listener = "main"
+hosts = ["web.example"]
+split = {{ v1 = 1 }}
+versions.v1.endpoints = [{{ addr = "{}", name = "web-0" }}]
+[apps.api]
+listener = "main"
+hosts = ["api.example"]
+split = {{ stable = 1 }}
+versions.stable.endpoints = [{{ addr = "{}", name = "api-0" }}]
+"#,
+        web.addr, api.addr
+    );
+    let weir = start(&cfg).await;
+    let (url, _) = urls(&weir);
+    let client = Client::new();
+    let get = |host: &'static str| Request::get(&url).header("host", host).body(Full::default()).unwrap();
+    assert_eq!(client.send(get("web.example")).await.unwrap().body, "Host: web-0, Version: v1\n");
+    assert_eq!(client.send(get("API.example:80")).await.unwrap().body, "Host: api-0, Version: stable\n");
+    let r = client.send(get("other.example")).await.unwrap();
+    assert_eq!(r.status, 404);
+    weir.shutdown().await;
+}
