@@ -18,6 +18,15 @@ use std::sync::atomic::{AtomicU64, Ordering};
 const GOLDEN: u64 = 0x9E37_79B9_7F4A_7C15;
 
 /// The weights of one app's versions, ready for per-request choice.
+///
+/// ```
+/// use weir::split::Split;
+///
+/// let split = Split::new(&[90, 10]); // v1, v2
+/// let v2 = (0..100).filter(|_| split.pick() == 1).count();
+/// assert_eq!(v2, 10); // exact over 100 requests, not "about 10"
+/// assert_eq!(Split::new(&[0, 1]).pick(), 1); // zero weight: never chosen
+/// ```
 #[derive(Debug)]
 pub struct Split {
     /// `cumulative[i]` = sum of the weights of versions `0..=i`.

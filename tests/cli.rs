@@ -102,8 +102,8 @@ async fn demo_runs_the_readme_story_and_exits_zero_on_sigterm() {
     let r = client.call("POST", &format!("{admin}/apps/demo/rollback"), "").await;
     assert_eq!(r.json()["weights"], serde_json::json!({"v1": 90, "v2": 10}));
 
-    let kill = Command::new("kill").args(["-TERM", &child.id().to_string()]).status().unwrap();
-    assert!(kill.success());
+    let pid = nix::unistd::Pid::from_raw(child.id() as i32);
+    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM).unwrap();
     let status = tokio::task::spawn_blocking(move || child.wait()).await.unwrap().unwrap();
     assert!(status.success(), "exit status {status:?}");
     // Its listener is gone.
