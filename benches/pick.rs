@@ -18,8 +18,9 @@ fn pool(n: usize, balance: Balance) -> Pool {
                 name: format!("ep-{i}").into(),
                 addr,
                 authority: addr.to_string().parse().unwrap(),
-                state: Arc::new(EndpointState::new(true)),
+                state: Arc::new(EndpointState::new(false)),
                 requests: prometheus::IntCounter::new("b", "b").unwrap(),
+                healthy_gauge: prometheus::IntGauge::new("b", "b").unwrap(),
             }
         })
         .collect();

@@ -68,6 +68,7 @@ impl Admin {
             (["metrics"], &Method::GET) => {
                 Ok(text(StatusCode::OK, self.metrics.render(), "text/plain; version=0.0.4; charset=utf-8"))
             }
+            (["reload"], &Method::POST) => self.reload().await,
             (["apps"], &Method::GET) => {
                 let snap = self.snapshot.load();
                 Ok(json_response(
@@ -89,6 +90,7 @@ impl Admin {
                 let action = (*action).to_owned();
                 self.change(app, &action, req).await
             }
+            (["reload"], _) => Err(ApiError::method("POST")),
             (["live" | "ready" | "metrics" | "apps"] | ["apps", _] | ["apps", _, "history"], _) => {
                 Err(ApiError::method("GET"))
             }
@@ -97,6 +99,14 @@ impl Admin {
             }
             _ => Err(ApiError::new(StatusCode::NOT_FOUND, "not_found", format!("no admin endpoint at {path:?}"))),
         }
+    }
+
+    async fn reload(&self) -> Result<Response<ResponseBody>, ApiError> {
+        let done = self.control.reload().await?;
+        Ok(json_response(
+            StatusCode::OK,
+            &json!({ "reloaded": true, "revisions": done.revisions, "new_revisions": done.new_revisions }),
+        ))
     }
 
     async fn change(

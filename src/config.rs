@@ -98,6 +98,172 @@ pub struct AppConfig {
     /// Upstream timeouts.
     #[serde(default)]
     pub timeouts: TimeoutConfig,
+    /// Active health probe of every endpoint of every version; a version's own `probe`
+    /// replaces it. None (the default): endpoints count as up, passive checks only.
+    #[serde(default)]
+    pub probe: Option<ProbeConfig>,
+    /// Passive outlier detection: ejecting endpoints that fail real requests.
+    #[serde(default)]
+    pub outlier: OutlierConfig,
+    /// Retrying requests that failed before reaching an upstream.
+    #[serde(default)]
+    pub retry: RetryConfig,
+    /// When every endpoint of a version is down: `spill` (the default) sends its share to the
+    /// other versions with weight > 0, in proportion to their weights; `fail` answers 503.
+    #[serde(default)]
+    pub on_version_down: VersionDown,
+}
+
+/// What to do with a version's share when none of its endpoints is healthy.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum VersionDown {
+    /// Send it to the other versions that have weight and a healthy endpoint.
+    #[default]
+    Spill,
+    /// Answer 503 for it.
+    Fail,
+}
+
+/// `probe`: an HTTP GET per endpoint on an interval (HAProxy's `check` with rise/fall).
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct ProbeConfig {
+    /// Path to GET, e.g. `/ready`. Default `/ready`.
+    #[serde(default = "default_probe_path")]
+    pub path: String,
+    /// Port to probe on the endpoint's address. Default: the endpoint's own port.
+    #[serde(default)]
+    pub port: Option<u16>,
+    /// Time between probes of one endpoint. Default `1s`.
+    #[serde(default = "default_probe_interval", with = "humantime_serde")]
+    pub interval: Duration,
+    /// A probe not answered within this fails. Default `1s`.
+    #[serde(default = "default_probe_timeout", with = "humantime_serde")]
+    pub timeout: Duration,
+    /// Passes in a row that bring a fallen endpoint back (HAProxy `rise`). Default 2. A new
+    /// endpoint takes traffic after its first pass.
+    #[serde(default = "default_rise")]
+    pub healthy_threshold: u32,
+    /// Failures in a row that take an endpoint out (HAProxy `fall`). Default 3.
+    #[serde(default = "default_fall")]
+    pub unhealthy_threshold: u32,
+    /// Inclusive range of statuses that pass. Default `[200, 399]`.
+    #[serde(default = "default_expected_status")]
+    pub expected_status: [u16; 2],
+}
+
+/// `outlier`: passive ejection on failed requests. Failures are connect errors, resets and
+/// timeouts, plus 5xx answers when `count_5xx`.
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct OutlierConfig {
+    /// Failures within `window` that eject an endpoint (nginx's `max_fails`). Default 5;
+    /// 0 turns passive ejection off.
+    #[serde(default = "default_max_failures")]
+    pub max_failures: u32,
+    /// The window failures are counted in (nginx's `fail_timeout`). Default `10s`.
+    #[serde(default = "default_failure_window", with = "humantime_serde")]
+    pub window: Duration,
+    /// Whether 5xx answers count as failures. Default true.
+    #[serde(default = "default_true")]
+    pub count_5xx: bool,
+    /// Ejection time, multiplied by how often the endpoint was ejected (Envoy). Default `30s`.
+    #[serde(default = "default_base_ejection", with = "humantime_serde")]
+    pub base_ejection: Duration,
+    /// Longest ejection. Default `300s`.
+    #[serde(default = "default_max_ejection", with = "humantime_serde")]
+    pub max_ejection: Duration,
+    /// Most of a version's endpoints that may be ejected at once, in percent; one endpoint may
+    /// always be. Default 50.
+    #[serde(default = "default_max_ejected_percent")]
+    pub max_ejected_percent: u8,
+}
+
+/// `retry`: a request that failed before any byte reached the upstream is sent to another
+/// endpoint of the same version. Only bodyless requests are retried; after a reset, only
+/// idempotent ones (GET, HEAD, OPTIONS, TRACE, PUT, DELETE), since the upstream may have seen it.
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct RetryConfig {
+    /// Extra attempts per request. Default 2; 0 turns retries off.
+    #[serde(default = "default_retry_attempts")]
+    pub attempts: u32,
+    /// Retries allowed per 10 s, in percent of requests in that time. Default 20.
+    #[serde(default = "default_budget_percent")]
+    pub budget_percent: u32,
+    /// Retries always allowed per 10 s, whatever the traffic. Default 10.
+    #[serde(default = "default_budget_min")]
+    pub budget_min: u32,
+}
+
+fn default_probe_path() -> String {
+    "/ready".into()
+}
+fn default_probe_interval() -> Duration {
+    Duration::from_secs(1)
+}
+fn default_probe_timeout() -> Duration {
+    Duration::from_secs(1)
+}
+fn default_rise() -> u32 {
+    2
+}
+fn default_fall() -> u32 {
+    3
+}
+fn default_expected_status() -> [u16; 2] {
+    [200, 399]
+}
+fn default_max_failures() -> u32 {
+    5
+}
+fn default_failure_window() -> Duration {
+    Duration::from_secs(10)
+}
+fn default_true() -> bool {
+    true
+}
+fn default_base_ejection() -> Duration {
+    Duration::from_secs(30)
+}
+fn default_max_ejection() -> Duration {
+    Duration::from_secs(300)
+}
+fn default_max_ejected_percent() -> u8 {
+    50
+}
+fn default_retry_attempts() -> u32 {
+    2
+}
+fn default_budget_percent() -> u32 {
+    20
+}
+fn default_budget_min() -> u32 {
+    10
+}
+
+impl Default for OutlierConfig {
+    fn default() -> Self {
+        Self {
+            max_failures: default_max_failures(),
+            window: default_failure_window(),
+            count_5xx: true,
+            base_ejection: default_base_ejection(),
+            max_ejection: default_max_ejection(),
+            max_ejected_percent: default_max_ejected_percent(),
+        }
+    }
+}
+
+impl Default for RetryConfig {
+    fn default() -> Self {
+        Self {
+            attempts: default_retry_attempts(),
+            budget_percent: default_budget_percent(),
+            budget_min: default_budget_min(),
+        }
+    }
 }
 
 /// Endpoint choice inside one version's pool.
@@ -117,6 +283,16 @@ pub enum Balance {
 pub struct VersionConfig {
     /// Static endpoints of this version (standalone mode). At least one.
     pub endpoints: Vec<EndpointConfig>,
+    /// This version's probe, replacing the app's `probe` as a whole.
+    #[serde(default)]
+    pub probe: Option<ProbeConfig>,
+}
+
+impl AppConfig {
+    /// The probe that applies to `version`: its own, else the app's.
+    pub fn probe_for(&self, version: &str) -> Option<&ProbeConfig> {
+        self.versions.get(version).and_then(|v| v.probe.as_ref()).or(self.probe.as_ref())
+    }
 }
 
 /// One upstream endpoint.

@@ -12,7 +12,8 @@ use arc_swap::ArcSwap;
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 
-use crate::config::{Config, validate_weights};
+use crate::config::{self, Config, Problem, validate_weights};
+use crate::health::Health;
 use crate::metrics::Metrics;
 use crate::revision::{Cause, History, Revision};
 use crate::snapshot::{self, Snapshot, SplitState};
@@ -83,18 +84,53 @@ pub enum ControlError {
     /// Rollback with nothing before the current revision.
     #[error("there is no earlier revision to roll back to")]
     NothingToRollBack,
+    /// The rollback target names a version the app no longer has (after a reload).
+    #[error("revision {revision} sends traffic to version {version:?}, which this app no longer has")]
+    RevisionObsolete {
+        /// The revision asked for.
+        revision: u64,
+        /// The missing version.
+        version: String,
+    },
     /// The control task is gone (shutting down).
     #[error("weir is shutting down")]
     Closed,
+}
+
+/// Why a reload was refused. Nothing was changed.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum ReloadError {
+    /// Weir was started without a config file (the demo).
+    #[error("weir was started without a config file; there is nothing to reload")]
+    NoConfigFile,
+    /// The file could not be read, or its config is invalid; every problem is listed.
+    #[error("{message}")]
+    Invalid {
+        /// The whole report, as `weir check` prints it.
+        message: String,
+        /// Each problem.
+        problems: Vec<Problem>,
+    },
+}
+
+/// What a reload did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Reloaded {
+    /// Revision in force per app after the reload.
+    pub revisions: BTreeMap<String, u64>,
+    /// Apps that got a new revision from this reload.
+    pub new_revisions: Vec<String>,
 }
 
 /// The control state: config, histories, and the snapshot it stores.
 #[derive(Debug)]
 pub struct Control {
     config: Config,
+    config_path: Option<std::path::PathBuf>,
     histories: BTreeMap<String, History>,
     snapshot: Arc<ArcSwap<Snapshot>>,
     metrics: Metrics,
+    health: Option<Health>,
 }
 
 impl Control {
@@ -103,11 +139,7 @@ impl Control {
         let histories = config
             .apps
             .iter()
-            .map(|(name, app)| {
-                let weights =
-                    app.versions.keys().map(|v| (v.clone(), app.split.get(v).map_or(0, |&w| w as u32))).collect();
-                (name.clone(), History::new(weights, config.admin.history_limit))
-            })
+            .map(|(name, app)| (name.clone(), History::new(config_weights(app), config.admin.history_limit)))
             .collect();
         let mut control = Control {
             histories,
@@ -118,9 +150,95 @@ impl Control {
             })),
             metrics,
             config,
+            config_path: None,
+            health: None,
         };
         control.publish();
         control
+    }
+
+    /// Remembers the file this config came from, for reloads.
+    pub fn with_config_path(mut self, path: Option<std::path::PathBuf>) -> Self {
+        self.config_path = path;
+        self
+    }
+
+    /// Starts active probes (needs a Tokio runtime). Returns a receiver per started probe,
+    /// fired after its first result, so start-up can wait for the first verdicts.
+    pub fn start_health(&mut self, cancel: CancellationToken) -> Vec<oneshot::Receiver<()>> {
+        let mut health = Health::new(cancel);
+        let started = health.sync(&self.snapshot.load());
+        self.health = Some(health);
+        started
+    }
+
+    /// Re-reads the config file and applies it.
+    pub fn reload_file(&mut self) -> Result<Reloaded, ReloadError> {
+        let path = self.config_path.as_ref().ok_or(ReloadError::NoConfigFile)?;
+        let config = Config::load(path).map_err(|e| {
+            let problems = match &e {
+                config::Error::Invalid { problems, .. } => problems.clone(),
+                config::Error::Read { .. } => Vec::new(),
+            };
+            ReloadError::Invalid { message: e.to_string(), problems }
+        })?;
+        self.reload(config)
+    }
+
+    /// Applies a validated config as one new snapshot. Per app, the newest intent wins: a
+    /// changed `split` section becomes a new revision; an unchanged one keeps the split in
+    /// force (set by the admin API, say), re-keyed to the new set of versions, unless that
+    /// would leave no traffic anywhere, in which case the file's split applies.
+    pub fn reload(&mut self, new: Config) -> Result<Reloaded, ReloadError> {
+        let restart = |field: &str| Problem {
+            field: field.into(),
+            location: None,
+            message: "cannot change on reload; restart weir to change it".into(),
+        };
+        let mut problems = Vec::new();
+        if new.listeners != self.config.listeners {
+            problems.push(restart("listeners"));
+        }
+        if new.admin.addr != self.config.admin.addr {
+            problems.push(restart("admin.addr"));
+        }
+        if new.runtime != self.config.runtime {
+            problems.push(restart("runtime"));
+        }
+        if !problems.is_empty() {
+            let message = problems.iter().map(|p| p.to_string()).collect::<Vec<_>>().join("\n");
+            return Err(ReloadError::Invalid { message, problems });
+        }
+        let mut new_revisions = Vec::new();
+        let mut histories = BTreeMap::new();
+        for (name, app) in &new.apps {
+            let from_file = config_weights(app);
+            let (Some(old_app), Some(mut history)) = (self.config.apps.get(name), self.histories.remove(name)) else {
+                histories.insert(name.clone(), History::new(from_file, new.admin.history_limit));
+                continue;
+            };
+            history.set_limit(new.admin.history_limit);
+            let kept: BTreeMap<String, u32> = app
+                .versions
+                .keys()
+                .map(|v| (v.clone(), history.current().weights.get(v).copied().unwrap_or(0)))
+                .collect();
+            let target = if old_app.split != app.split || kept.values().all(|&w| w == 0) { from_file } else { kept };
+            if target != history.current().weights {
+                history.record(target, String::new(), Cause::Reload);
+                new_revisions.push(name.clone());
+            }
+            histories.insert(name.clone(), history);
+        }
+        if !self.histories.is_empty() {
+            tracing::info!(apps = ?self.histories.keys().collect::<Vec<_>>(), "apps removed by reload");
+        }
+        self.histories = histories;
+        self.config = new;
+        self.publish();
+        let revisions = self.histories.iter().map(|(a, h)| (a.clone(), h.current().number)).collect();
+        tracing::info!(?revisions, ?new_revisions, "config reloaded");
+        Ok(Reloaded { revisions, new_revisions })
     }
 
     /// The shared snapshot handle the data plane reads.
@@ -171,7 +289,14 @@ impl Control {
                     Some(n) => history.get(n).ok_or(ControlError::NoSuchRevision(n))?,
                     None => history.previous().ok_or(ControlError::NothingToRollBack)?,
                 };
-                (target.weights.clone(), Cause::Rollback { to: target.number })
+                // A reload may have removed versions since that revision.
+                if let Some((gone, _)) =
+                    target.weights.iter().find(|(v, w)| **w > 0 && !app_cfg.versions.contains_key(*v))
+                {
+                    return Err(ControlError::RevisionObsolete { revision: target.number, version: gone.clone() });
+                }
+                let w = versions().map(|v| (v.clone(), target.weights.get(v).copied().unwrap_or(0))).collect();
+                (w, Cause::Rollback { to: target.number })
             }
         };
         if weights == current.weights {
@@ -193,12 +318,43 @@ impl Control {
             })
             .collect();
         let prev = self.snapshot.load_full();
-        let next = snapshot::build(&self.config, &splits, Some(&prev), &self.metrics, prev.generation + 1);
+        let next = Arc::new(snapshot::build(&self.config, &splits, Some(&prev), &self.metrics, prev.generation + 1));
         for app in next.apps.iter() {
             let weights: Vec<(&str, u32)> = app.weights().collect();
             self.metrics.set_split(&app.name, &weights, app.revision);
         }
-        self.snapshot.store(Arc::new(next));
+        self.snapshot.store(Arc::clone(&next));
+        forget_removed(&self.metrics, &prev, &next);
+        if let Some(health) = &mut self.health {
+            health.sync(&next);
+        }
+    }
+}
+
+/// The weights a config's split gives every version of `app` (absent = 0).
+fn config_weights(app: &config::AppConfig) -> BTreeMap<String, u32> {
+    app.versions.keys().map(|v| (v.clone(), app.split.get(v).map_or(0, |&w| w as u32))).collect()
+}
+
+/// Drops the per-endpoint series of endpoints that left, so churn does not grow the exposition.
+/// Their in-flight requests finish on the old snapshot; new ones cannot reach them.
+fn forget_removed(metrics: &Metrics, prev: &Snapshot, next: &Snapshot) {
+    for app in prev.apps.iter() {
+        for version in app.versions.iter() {
+            for ep in version.pool.endpoints() {
+                let stays = next
+                    .app(&app.name)
+                    .and_then(|a| a.versions.iter().find(|v| v.name == version.name))
+                    .is_some_and(|v| v.pool.endpoints().iter().any(|e| e.name == ep.name));
+                if !stays {
+                    tracing::info!(
+                        app = %app.name, version = %version.name, endpoint = %ep.name,
+                        in_flight = ep.state.in_flight(), "endpoint removed; draining its in-flight requests"
+                    );
+                    metrics.forget_endpoint(&app.name, &version.name, &ep.name);
+                }
+            }
+        }
     }
 }
 
@@ -209,6 +365,8 @@ pub enum Command {
     Change(ChangeRequest, oneshot::Sender<Result<Outcome, ControlError>>),
     /// Read an app's history.
     History(String, oneshot::Sender<Result<Vec<Revision>, ControlError>>),
+    /// Re-read and apply the config file.
+    Reload(oneshot::Sender<Result<Reloaded, ReloadError>>),
 }
 
 /// Sends commands to the control task. Cheap to clone.
@@ -223,6 +381,14 @@ impl ControlHandle {
         let (tx, rx) = oneshot::channel();
         self.tx.send(Command::Change(req, tx)).await.map_err(|_| ControlError::Closed)?;
         rx.await.map_err(|_| ControlError::Closed)?
+    }
+
+    /// Re-reads the config file and applies it; the reply comes after the snapshot is stored.
+    pub async fn reload(&self) -> Result<Reloaded, ReloadError> {
+        let (tx, rx) = oneshot::channel();
+        let closed = || ReloadError::Invalid { message: "weir is shutting down".into(), problems: Vec::new() };
+        self.tx.send(Command::Reload(tx)).await.map_err(|_| closed())?;
+        rx.await.map_err(|_| closed())?
     }
 
     /// An app's kept revisions.
@@ -248,6 +414,13 @@ pub fn spawn(mut control: Control, cancel: CancellationToken) -> (ControlHandle,
                 }
                 Command::History(app, reply) => {
                     let _ = reply.send(control.history(&app));
+                }
+                Command::Reload(reply) => {
+                    let result = control.reload_file();
+                    if let Err(e) = &result {
+                        tracing::error!("reload refused, running config unchanged:\n{e}");
+                    }
+                    let _ = reply.send(result);
                 }
             }
         }

@@ -87,9 +87,9 @@ fn run(command: Command) -> Result<ExitCode> {
                 ExitCode::FAILURE
             }
         }),
-        Command::Serve { config } => {
-            let config = Config::load(&config)?;
-            runtime(config.runtime.worker_threads)?.block_on(serve(config, None))
+        Command::Serve { config: path } => {
+            let config = Config::load(&path)?;
+            runtime(config.runtime.worker_threads)?.block_on(serve(config, Some(path), None))
         }
         Command::Demo { listen, admin, ephemeral_backends } => runtime(0)?.block_on(async move {
             let mut config = Config::parse(weir::demo::DEMO_CONFIG, "config/demo.toml")?;
@@ -99,7 +99,7 @@ fn run(command: Command) -> Result<ExitCode> {
             }
             let backends = CancellationToken::new();
             weir::demo::start_backends(&mut config, ephemeral_backends, &backends).await?;
-            let code = serve(config, Some(weir::demo::banner)).await;
+            let code = serve(config, None, Some(weir::demo::banner)).await;
             backends.cancel();
             code
         }),
@@ -124,13 +124,26 @@ fn runtime(workers: usize) -> Result<tokio::runtime::Runtime> {
 
 type Banner = fn(SocketAddr, SocketAddr) -> String;
 
-async fn serve(config: Config, banner: Option<Banner>) -> Result<ExitCode> {
-    let running = weir::start(config).await?;
+async fn serve(config: Config, path: Option<PathBuf>, banner: Option<Banner>) -> Result<ExitCode> {
+    let running = weir::server::start_with(config, path).await?;
     if let Some(banner) = banner {
         let traffic = *running.listeners.values().next().context("no listener")?;
         println!("{}", banner(traffic, running.admin));
     }
+    // SIGHUP reloads the config file through the same control task as `POST /reload`.
+    let mut hup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())?;
+    let control = running.control.clone();
+    let reloads = tokio::spawn(async move {
+        while hup.recv().await.is_some() {
+            tracing::info!("SIGHUP: reloading the config file");
+            match control.reload().await {
+                Ok(done) => tracing::info!(revisions = ?done.revisions, "reload applied"),
+                Err(e) => tracing::error!("reload refused: {e}"),
+            }
+        }
+    });
     shutdown_signal().await?;
+    reloads.abort();
     tracing::info!("shutting down: draining in-flight requests");
     running.shutdown().await;
     tracing::info!("stopped");

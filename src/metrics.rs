@@ -47,6 +47,11 @@ pub struct Metrics {
     endpoint_requests: IntCounterVec,
     weight: IntGaugeVec,
     revision: IntGaugeVec,
+    retries: IntCounterVec,
+    ejections: IntCounterVec,
+    spills: IntCounterVec,
+    probes: IntCounterVec,
+    endpoint_healthy: IntGaugeVec,
     /// Requests whose host matched no app (`weir_unrouted_requests_total`).
     pub unrouted: IntCounter,
 }
@@ -60,6 +65,14 @@ pub struct VersionMetrics {
     pub latency: prometheus::Histogram,
     /// Errors by [`UpstreamErrorKind`], indexed like [`UpstreamErrorKind::ALL`].
     pub errors: [IntCounter; 4],
+    /// Attempts re-sent to another endpoint.
+    pub retries: IntCounter,
+    /// Passive ejections of its endpoints.
+    pub ejections: IntCounter,
+    /// Requests this version could not take and sent to another version.
+    pub spilled: IntCounter,
+    /// Probe results: index 0 = passed, 1 = failed.
+    pub probes: [IntCounter; 2],
 }
 
 impl VersionMetrics {
@@ -122,6 +135,26 @@ impl Metrics {
         let unrouted =
             IntCounter::new("weir_unrouted_requests_total", "Requests whose Host matched no app (answered 404).")
                 .expect("valid metric");
+        let counter = |name: &str, help: &str, labels: &[&str]| {
+            IntCounterVec::new(Opts::new(name, help), labels).expect("valid metric")
+        };
+        let retries = counter(
+            "weir_retries_total",
+            "Requests re-sent to another endpoint after failing before reaching the upstream.",
+            &["app", "version"],
+        );
+        let ejections = counter("weir_ejections_total", "Endpoints ejected by passive checks.", &["app", "version"]);
+        let spills = counter(
+            "weir_spillover_total",
+            "Requests for a version with no healthy endpoint, sent to another version.",
+            &["app", "version"],
+        );
+        let probes = counter("weir_probes_total", "Active health probes, by result.", &["app", "version", "result"]);
+        let endpoint_healthy = IntGaugeVec::new(
+            Opts::new("weir_endpoint_healthy", "1 when the endpoint takes new requests, else 0."),
+            &["app", "version", "endpoint"],
+        )
+        .expect("valid metric");
         for c in [
             Box::new(requests.clone()) as Box<dyn prometheus::core::Collector>,
             Box::new(latency.clone()),
@@ -130,10 +163,29 @@ impl Metrics {
             Box::new(weight.clone()),
             Box::new(revision.clone()),
             Box::new(unrouted.clone()),
+            Box::new(retries.clone()),
+            Box::new(ejections.clone()),
+            Box::new(spills.clone()),
+            Box::new(probes.clone()),
+            Box::new(endpoint_healthy.clone()),
         ] {
             registry.register(c).expect("metric names are unique");
         }
-        Metrics { registry, requests, latency, upstream_errors, endpoint_requests, weight, revision, unrouted }
+        Metrics {
+            registry,
+            requests,
+            latency,
+            upstream_errors,
+            endpoint_requests,
+            weight,
+            revision,
+            retries,
+            ejections,
+            spills,
+            probes,
+            endpoint_healthy,
+            unrouted,
+        }
     }
 
     /// Handles for one app version.
@@ -144,7 +196,16 @@ impl Metrics {
             requests: ["1xx", "2xx", "3xx", "4xx", "5xx"].map(class),
             latency: self.latency.with_label_values(&[app, version]),
             errors: UpstreamErrorKind::ALL.map(kind),
+            retries: self.retries.with_label_values(&[app, version]),
+            ejections: self.ejections.with_label_values(&[app, version]),
+            spilled: self.spills.with_label_values(&[app, version]),
+            probes: ["pass", "fail"].map(|r| self.probes.with_label_values(&[app, version, r])),
         }
+    }
+
+    /// Handle for one endpoint's health gauge.
+    pub fn endpoint_healthy(&self, app: &str, version: &str, endpoint: &str) -> prometheus::IntGauge {
+        self.endpoint_healthy.with_label_values(&[app, version, endpoint])
     }
 
     /// Handle for one endpoint's request counter.
@@ -156,6 +217,7 @@ impl Metrics {
     /// exposition forever.
     pub fn forget_endpoint(&self, app: &str, version: &str, endpoint: &str) {
         let _ = self.endpoint_requests.remove_label_values(&[app, version, endpoint]);
+        let _ = self.endpoint_healthy.remove_label_values(&[app, version, endpoint]);
     }
 
     /// Publishes an app's current weights and revision.

@@ -6,39 +6,148 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU32, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU32, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Mutex, OnceLock};
+use std::time::{Instant, SystemTime};
 
 use http::uri::Authority;
 
 use crate::config::Balance;
 
+/// Why an endpoint takes no new requests: bits of [`EndpointState`]'s `down` flags.
+const PROBE_DOWN: u8 = 1;
+const EJECTED: u8 = 2;
+
 /// Shared, mutable state of one endpoint.
+///
+/// `is_healthy` is one relaxed load of a flags byte; everything else is touched only by probes,
+/// on failures, or by the admin API.
 #[derive(Debug)]
 pub struct EndpointState {
-    /// May take new requests (probes and ejection clear it).
-    healthy: AtomicBool,
+    /// `PROBE_DOWN | EJECTED` bits; healthy when zero.
+    down: AtomicU8,
     /// Requests sent to this endpoint whose response has not finished.
     in_flight: AtomicU32,
+    /// Passive failures in the current window, and when (ms on [`clock_ms`]) it started.
+    failures: AtomicU32,
+    window_start_ms: AtomicU64,
+    /// How many times passive checks ejected it; the ejection time grows with it.
+    times_ejected: AtomicU32,
+    /// Whether a probe ever passed (a new endpoint needs one pass, a fallen one `rise`).
+    ever_up: AtomicBool,
+    /// Details for operators (admin API); never read on the request path.
+    record: Mutex<HealthRecord>,
+}
+
+/// What operators see of an endpoint's health history.
+#[derive(Debug, Clone, Default)]
+pub struct HealthRecord {
+    /// The last probe: when, whether it passed, and what it saw.
+    pub last_probe: Option<(SystemTime, bool, String)>,
+    /// When the endpoint last went healthy or unhealthy, and why.
+    pub last_change: Option<(SystemTime, String)>,
+}
+
+/// Milliseconds on a process-wide monotonic clock (only read on failure paths).
+pub fn clock_ms() -> u64 {
+    static START: OnceLock<Instant> = OnceLock::new();
+    START.get_or_init(Instant::now).elapsed().as_millis() as u64
 }
 
 impl EndpointState {
-    /// A new endpoint state, healthy or not.
-    pub fn new(healthy: bool) -> Self {
-        Self { healthy: AtomicBool::new(healthy), in_flight: AtomicU32::new(0) }
+    /// A new endpoint state: healthy at once (`awaiting_probe = false`), or only after its
+    /// first passing probe.
+    pub fn new(awaiting_probe: bool) -> Self {
+        let down = if awaiting_probe { PROBE_DOWN } else { 0 };
+        Self {
+            down: AtomicU8::new(down),
+            in_flight: AtomicU32::new(0),
+            failures: AtomicU32::new(0),
+            window_start_ms: AtomicU64::new(0),
+            times_ejected: AtomicU32::new(0),
+            ever_up: AtomicBool::new(!awaiting_probe),
+            record: Mutex::new(HealthRecord::default()),
+        }
     }
     /// Whether the endpoint may take new requests.
     #[inline]
     pub fn is_healthy(&self) -> bool {
-        self.healthy.load(Ordering::Relaxed)
+        self.down.load(Ordering::Relaxed) == 0
     }
-    /// Marks the endpoint (un)able to take new requests; returns the previous value.
+    /// Whether probes currently say the endpoint is up.
+    pub fn probe_up(&self) -> bool {
+        self.down.load(Ordering::Relaxed) & PROBE_DOWN == 0
+    }
+    /// Whether passive checks have ejected it.
+    pub fn is_ejected(&self) -> bool {
+        self.down.load(Ordering::Relaxed) & EJECTED != 0
+    }
+    /// Whether any probe ever passed (or none was needed).
+    pub fn ever_up(&self) -> bool {
+        self.ever_up.load(Ordering::Relaxed)
+    }
+    /// Sets the probe verdict; returns whether it changed.
+    pub fn set_probe_up(&self, up: bool) -> bool {
+        if up {
+            self.ever_up.store(true, Ordering::Relaxed);
+            self.down.fetch_and(!PROBE_DOWN, Ordering::Relaxed) & PROBE_DOWN != 0
+        } else {
+            self.down.fetch_or(PROBE_DOWN, Ordering::Relaxed) & PROBE_DOWN == 0
+        }
+    }
+    /// Same as [`EndpointState::set_probe_up`] (for callers that think in health).
     pub fn set_healthy(&self, healthy: bool) -> bool {
-        self.healthy.swap(healthy, Ordering::Relaxed)
+        self.set_probe_up(healthy)
     }
     /// Requests in flight to this endpoint.
     #[inline]
     pub fn in_flight(&self) -> u32 {
         self.in_flight.load(Ordering::Relaxed)
+    }
+    /// Times ejected so far.
+    pub fn times_ejected(&self) -> u32 {
+        self.times_ejected.load(Ordering::Relaxed)
+    }
+    /// Counts a passive failure at `now_ms`; true when `max` failures fell within `window_ms`
+    /// (nginx's `max_fails` in `fail_timeout`), which resets the count.
+    pub fn record_failure(&self, now_ms: u64, window_ms: u64, max: u32) -> bool {
+        let start = self.window_start_ms.load(Ordering::Relaxed);
+        let count = if now_ms.saturating_sub(start) > window_ms {
+            self.window_start_ms.store(now_ms, Ordering::Relaxed);
+            self.failures.store(1, Ordering::Relaxed);
+            1
+        } else {
+            self.failures.fetch_add(1, Ordering::Relaxed) + 1
+        };
+        if max > 0 && count >= max {
+            self.failures.store(0, Ordering::Relaxed);
+            true
+        } else {
+            false
+        }
+    }
+    /// Ejects the endpoint; returns the number of this ejection (1, 2, …), or `None` when it
+    /// was ejected already.
+    pub fn eject(&self) -> Option<u32> {
+        let before = self.down.fetch_or(EJECTED, Ordering::Relaxed);
+        (before & EJECTED == 0).then(|| self.times_ejected.fetch_add(1, Ordering::Relaxed) + 1)
+    }
+    /// Ends an ejection.
+    pub fn readmit(&self) {
+        self.failures.store(0, Ordering::Relaxed);
+        self.down.fetch_and(!EJECTED, Ordering::Relaxed);
+    }
+    /// Records a probe result for operators.
+    pub fn note_probe(&self, ok: bool, detail: String) {
+        self.record.lock().expect("health record lock").last_probe = Some((SystemTime::now(), ok, detail));
+    }
+    /// Records a health change for operators.
+    pub fn note_change(&self, why: String) {
+        self.record.lock().expect("health record lock").last_change = Some((SystemTime::now(), why));
+    }
+    /// What operators see.
+    pub fn record(&self) -> HealthRecord {
+        self.record.lock().expect("health record lock").clone()
     }
 }
 
@@ -73,6 +182,15 @@ pub struct Endpoint {
     pub state: Arc<EndpointState>,
     /// Requests sent to this endpoint (`weir_endpoint_requests_total`).
     pub requests: prometheus::IntCounter,
+    /// `weir_endpoint_healthy`, set whenever health changes.
+    pub healthy_gauge: prometheus::IntGauge,
+}
+
+impl Endpoint {
+    /// Publishes the current health to the gauge.
+    pub fn publish_health(&self) {
+        self.healthy_gauge.set(i64::from(self.state.is_healthy()));
+    }
 }
 
 /// The endpoints of one version and how to choose among them.
@@ -130,6 +248,28 @@ impl Pool {
         }
     }
 
+    /// A healthy endpoint other than the one at `not` (for a retry), if there is one.
+    pub fn pick_other(&self, not: SocketAddr) -> Option<&Endpoint> {
+        match self.pick() {
+            Some(e) if e.addr != not => Some(e),
+            _ => {
+                let start = fastrand::usize(..self.endpoints.len().max(1));
+                let (tail, head) = self.endpoints.split_at(start.min(self.endpoints.len()));
+                head.iter().chain(tail).find(|e| e.addr != not && e.state.is_healthy())
+            }
+        }
+    }
+
+    /// Whether any endpoint may take a request.
+    pub fn has_healthy(&self) -> bool {
+        self.endpoints.iter().any(|e| e.state.is_healthy())
+    }
+
+    /// How many endpoints passive checks have ejected.
+    pub fn ejected_count(&self) -> usize {
+        self.endpoints.iter().filter(|e| e.state.is_ejected()).count()
+    }
+
     fn first_healthy_from(&self, start: usize) -> Option<&Endpoint> {
         let (tail, head) = self.endpoints.split_at(start);
         head.iter().chain(tail).find(|e| e.state.is_healthy())
@@ -146,8 +286,9 @@ mod tests {
             name: format!("e{i}").into(),
             addr,
             authority: addr.to_string().parse().unwrap(),
-            state: Arc::new(EndpointState::new(true)),
+            state: Arc::new(EndpointState::new(false)),
             requests: prometheus::IntCounter::new("x", "x").unwrap(),
+            healthy_gauge: prometheus::IntGauge::new("y", "y").unwrap(),
         }
     }
 
@@ -185,8 +326,50 @@ mod tests {
     }
 
     #[test]
+    fn probe_and_ejection_flags_combine() {
+        let s = EndpointState::new(true);
+        assert!(!s.is_healthy() && !s.ever_up());
+        assert!(s.set_probe_up(true));
+        assert!(s.is_healthy() && s.ever_up());
+        assert_eq!(s.eject(), Some(1));
+        assert_eq!(s.eject(), None, "already ejected");
+        assert!(!s.is_healthy());
+        s.set_probe_up(false);
+        s.readmit();
+        assert!(!s.is_healthy(), "still down by probe");
+        s.set_probe_up(true);
+        assert!(s.is_healthy());
+        assert_eq!(s.eject(), Some(2));
+    }
+
+    #[test]
+    fn failures_count_within_a_window() {
+        let s = EndpointState::new(false);
+        assert!(!s.record_failure(1_000, 10_000, 3));
+        assert!(!s.record_failure(2_000, 10_000, 3));
+        assert!(s.record_failure(3_000, 10_000, 3), "third failure in the window ejects");
+        assert!(!s.record_failure(4_000, 10_000, 3), "the count restarts after ejecting");
+        // Failures spread wider than the window never add up.
+        for t in 0..10 {
+            assert!(!s.record_failure(100_000 + t * 20_000, 10_000, 3));
+        }
+        assert!(!s.record_failure(5_000, 10_000, 0), "0 disables ejection");
+    }
+
+    #[test]
+    fn pick_other_avoids_the_failed_endpoint() {
+        let p = pool(3, Balance::P2c);
+        let first = p.endpoints()[0].addr;
+        for _ in 0..50 {
+            assert_ne!(p.pick_other(first).unwrap().addr, first);
+        }
+        let p = pool(1, Balance::P2c);
+        assert!(p.pick_other(p.endpoints()[0].addr).is_none());
+    }
+
+    #[test]
     fn in_flight_guard_counts() {
-        let s = Arc::new(EndpointState::new(true));
+        let s = Arc::new(EndpointState::new(false));
         let g = InFlight::start(&s);
         assert_eq!(s.in_flight(), 1);
         drop(g);

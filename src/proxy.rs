@@ -11,15 +11,17 @@ use std::time::Instant;
 use arc_swap::ArcSwap;
 use http::uri::{PathAndQuery, Scheme};
 use http::{Request, Response, StatusCode, Uri, header};
-use http_body_util::Either;
+use http_body::Body as _;
+use http_body_util::{Either, Empty};
 use hyper::body::Incoming;
 
 pub use body::ResponseBody;
 pub use headers::{set_forwarded, strip_hop_by_hop};
 
 use crate::metrics::{Metrics, UpstreamErrorKind};
-use crate::pool::InFlight;
-use crate::snapshot::Snapshot;
+use crate::outlier;
+use crate::pool::{Endpoint, InFlight};
+use crate::snapshot::{App, Snapshot, Version};
 use crate::upstream::UpstreamError;
 
 /// Why Weir answered a request itself.
@@ -73,7 +75,7 @@ impl Proxy {
     /// Proxies one request from `client`. Never fails: errors become responses.
     pub async fn handle(&self, req: Request<Incoming>, client: SocketAddr) -> Response<ResponseBody> {
         let start = Instant::now();
-        // One view of the routing state for the whole request.
+        // One view of the routing state for the whole request, retries included.
         let snap = self.snapshot.load_full();
         let authority = req.uri().authority().map(|a| a.as_str());
         let host = authority.or_else(|| req.headers().get(header::HOST).and_then(|h| h.to_str().ok()));
@@ -81,8 +83,9 @@ impl Proxy {
             self.metrics.unrouted.inc();
             return error_response(&ProxyError::NoRoute(host.map(str::to_owned)));
         };
-        let version = &app.versions[app.split.pick()];
-        let Some(endpoint) = version.pool.pick() else {
+        app.upstream.budget.record_request();
+        let (version, endpoint) = choose(app);
+        let Some(mut endpoint) = endpoint else {
             version.metrics.count_error(UpstreamErrorKind::NoEndpoint);
             let err = ProxyError::NoEndpoint(Arc::clone(&version.name));
             tracing::warn!(app = %app.name, version = %version.name, "{err}");
@@ -90,40 +93,113 @@ impl Proxy {
             version.metrics.count_status(resp.status());
             return resp;
         };
-        endpoint.requests.inc();
-        let in_flight = InFlight::start(&endpoint.state);
 
         let (mut parts, body) = req.into_parts();
         let authority = parts.uri.authority().map(|a| a.as_str().to_owned());
-        let mut uri = http::uri::Parts::default();
-        uri.scheme = Some(Scheme::HTTP);
-        uri.authority = Some(endpoint.authority.clone());
-        uri.path_and_query =
-            Some(parts.uri.path_and_query().cloned().unwrap_or_else(|| PathAndQuery::from_static("/")));
-        parts.uri = Uri::from_parts(uri).expect("scheme, authority and path make a URI");
-        parts.version = http::Version::HTTP_11;
+        let path = parts.uri.path_and_query().cloned().unwrap_or_else(|| PathAndQuery::from_static("/"));
         strip_hop_by_hop(&mut parts.headers);
         set_forwarded(&mut parts.headers, client.ip(), self.proto, authority.as_deref());
-
-        let result = app.upstream.send(Request::from_parts(parts, Either::Left(body))).await;
-        version.metrics.latency.observe(start.elapsed().as_secs_f64());
-        match result {
-            Ok(resp) => {
-                let (mut parts, body) = resp.into_parts();
-                strip_hop_by_hop(&mut parts.headers);
-                version.metrics.count_status(parts.status);
-                Response::from_parts(parts, ResponseBody::Upstream { body, in_flight })
-            }
-            Err(e) => {
-                version.metrics.count_error(e.kind);
-                tracing::warn!(
-                    app = %app.name, version = %version.name, endpoint = %endpoint.name,
-                    kind = e.kind.as_str(), "upstream error: {}", e.message
-                );
-                let resp = error_response(&ProxyError::Upstream(e));
-                version.metrics.count_status(resp.status());
-                resp
+        // Only a request without a body can be sent again; it keeps its head for that.
+        let replayable = body.is_end_stream();
+        let idempotent = parts.method.is_idempotent();
+        let mut attempts_left = if replayable { app.retry.attempts } else { 0 };
+        let mut head = Some(parts);
+        let mut body = Some(body);
+        loop {
+            endpoint.requests.inc();
+            let in_flight = InFlight::start(&endpoint.state);
+            let uri = upstream_uri(&endpoint.authority, &path);
+            let req = if attempts_left > 0 {
+                let h = head.as_ref().expect("head is kept while attempts are left");
+                let mut req = Request::new(Either::Right(Empty::new()));
+                *req.method_mut() = h.method.clone();
+                *req.uri_mut() = uri;
+                *req.headers_mut() = h.headers.clone();
+                req
+            } else {
+                let mut h = head.take().expect("the last attempt takes the head");
+                h.uri = uri;
+                h.version = http::Version::HTTP_11;
+                let body = match body.take() {
+                    Some(b) if !replayable => Either::Left(b),
+                    _ => Either::Right(Empty::new()),
+                };
+                Request::from_parts(h, body)
+            };
+            let result = app.upstream.send(req).await;
+            match result {
+                Ok(resp) => {
+                    let (mut parts, body) = resp.into_parts();
+                    if parts.status.is_server_error() && app.outlier.count_5xx {
+                        outlier::on_failure(app, version, endpoint);
+                    }
+                    strip_hop_by_hop(&mut parts.headers);
+                    version.metrics.count_status(parts.status);
+                    version.metrics.latency.observe(start.elapsed().as_secs_f64());
+                    return Response::from_parts(parts, ResponseBody::Upstream { body, in_flight });
+                }
+                Err(e) => {
+                    drop(in_flight);
+                    version.metrics.count_error(e.kind);
+                    outlier::on_failure(app, version, endpoint);
+                    // Nothing reached the upstream after a connect error; after a reset it may
+                    // have, so only idempotent requests go again.
+                    let safe = match e.kind {
+                        UpstreamErrorKind::Connect => true,
+                        UpstreamErrorKind::Protocol => idempotent,
+                        UpstreamErrorKind::Timeout | UpstreamErrorKind::NoEndpoint => false,
+                    };
+                    let next = (attempts_left > 0 && safe)
+                        .then(|| version.pool.pick_other(endpoint.addr))
+                        .flatten()
+                        .filter(|_| app.upstream.budget.try_retry(app.retry.budget_percent, app.retry.budget_min));
+                    if let Some(next) = next {
+                        tracing::debug!(
+                            app = %app.name, version = %version.name, from = %endpoint.name, to = %next.name,
+                            kind = e.kind.as_str(), "retrying on another endpoint: {}", e.message
+                        );
+                        version.metrics.retries.inc();
+                        attempts_left -= 1;
+                        endpoint = next;
+                        continue;
+                    }
+                    tracing::warn!(
+                        app = %app.name, version = %version.name, endpoint = %endpoint.name,
+                        kind = e.kind.as_str(), "upstream error: {}", e.message
+                    );
+                    let resp = error_response(&ProxyError::Upstream(e));
+                    version.metrics.count_status(resp.status());
+                    version.metrics.latency.observe(start.elapsed().as_secs_f64());
+                    return resp;
+                }
             }
         }
     }
+}
+
+/// The version for a request and a healthy endpoint in it. When the chosen version has none
+/// and the app spills, another version with weight takes the request.
+#[inline]
+fn choose(app: &App) -> (&Version, Option<&Endpoint>) {
+    let index = app.split.pick();
+    let chosen = &app.versions[index];
+    if let Some(e) = chosen.pool.pick() {
+        return (chosen, Some(e));
+    }
+    match app.spill.then(|| app.spill_from(index)).flatten() {
+        Some(other) => {
+            chosen.metrics.spilled.inc();
+            let v = &app.versions[other];
+            (v, v.pool.pick())
+        }
+        None => (chosen, None),
+    }
+}
+
+fn upstream_uri(authority: &http::uri::Authority, path: &PathAndQuery) -> Uri {
+    let mut uri = http::uri::Parts::default();
+    uri.scheme = Some(Scheme::HTTP);
+    uri.authority = Some(authority.clone());
+    uri.path_and_query = Some(path.clone());
+    Uri::from_parts(uri).expect("scheme, authority and path make a URI")
 }

@@ -23,6 +23,9 @@ pub enum Cause {
         /// The revision whose weights were restored.
         to: u64,
     },
+    /// A config reload (SIGHUP or `POST /reload`) whose split section changed, or whose
+    /// versions no longer fit the split in force.
+    Reload,
 }
 
 /// One revision of an app's split.
@@ -72,6 +75,14 @@ impl History {
     /// The revision before the current one, if still kept.
     pub fn previous(&self) -> Option<&Revision> {
         self.revisions.iter().rev().nth(1)
+    }
+
+    /// Changes how many revisions are kept (at least 2), dropping the oldest beyond it.
+    pub fn set_limit(&mut self, limit: usize) {
+        self.limit = limit.max(2);
+        while self.revisions.len() > self.limit {
+            self.revisions.pop_front();
+        }
     }
 
     /// All kept revisions, oldest first.

@@ -12,6 +12,7 @@ use tokio_util::task::TaskTracker;
 use crate::admin::Admin;
 use crate::config::Config;
 use crate::control::{self, Control, ControlHandle};
+use crate::health;
 use crate::listener;
 use crate::metrics::Metrics;
 use crate::proxy::Proxy;
@@ -57,9 +58,14 @@ pub struct Running {
 /// Binds every socket of `config`, stores the first snapshot and starts serving. Returns once
 /// the listeners accept connections and `/ready` says ready.
 pub async fn start(config: Config) -> Result<Running, Error> {
+    start_with(config, None).await
+}
+
+/// Like [`start`], remembering `path` so SIGHUP and `POST /reload` can re-read it.
+pub async fn start_with(config: Config, path: Option<std::path::PathBuf>) -> Result<Running, Error> {
     let grace = config.runtime.shutdown_grace;
     let metrics = Metrics::new();
-    let control = Control::new(config.clone(), metrics.clone());
+    let mut control = Control::new(config.clone(), metrics.clone()).with_config_path(path);
     let snapshot = control.snapshot();
     // One token per phase, so shutdown can stop traffic, admin and control in that order.
     let (traffic_cancel, admin_cancel, control_cancel) =
@@ -77,6 +83,15 @@ pub async fn start(config: Config) -> Result<Running, Error> {
         sockets.push((name.clone(), bind(l.addr, format!("listener {name}")).await?));
     }
 
+    // Probe every endpoint once before serving, so the first requests do not go to endpoints
+    // that are down (nor get 503 because nothing was probed yet). Bounded by the longest
+    // probe timeout; a probe that has not answered by then leaves its endpoint down.
+    let first = control.start_health(control_cancel.child_token());
+    if !first.is_empty() {
+        let limit = probe_timeouts(&config) + std::time::Duration::from_millis(250);
+        tracing::info!(endpoints = first.len(), "waiting for the first probe of every endpoint (at most {limit:?})");
+        health::first_results(first, limit).await;
+    }
     let (control, control_task) = control::spawn(control, control_cancel.clone());
     let admin_addr = admin_socket.local_addr().expect("bound socket has an address");
     let admin = Admin::new(Arc::clone(&snapshot), control.clone(), metrics.clone(), Arc::clone(&ready));
@@ -128,4 +143,15 @@ impl Running {
         self.control_cancel.cancel();
         let _ = self.control_task.await;
     }
+}
+
+/// The longest probe timeout in `config`.
+fn probe_timeouts(config: &Config) -> std::time::Duration {
+    config
+        .apps
+        .values()
+        .flat_map(|a| a.probe.iter().chain(a.versions.values().filter_map(|v| v.probe.as_ref())))
+        .map(|p| p.timeout)
+        .max()
+        .unwrap_or_default()
 }

@@ -7,7 +7,7 @@
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 
-use crate::config::{AppConfig, Config};
+use crate::config::{AppConfig, Config, OutlierConfig, ProbeConfig, RetryConfig, VersionDown};
 use crate::metrics::{Metrics, VersionMetrics};
 use crate::pool::{Endpoint, EndpointState, Pool};
 use crate::split::Split;
@@ -55,8 +55,14 @@ pub struct App {
     pub versions: Box<[Version]>,
     /// Per-request version choice.
     pub split: Split,
-    /// Upstream client and timeouts.
+    /// Upstream client, timeouts and retry budget.
     pub upstream: Upstream,
+    /// Passive ejection settings.
+    pub outlier: OutlierConfig,
+    /// Retry settings.
+    pub retry: RetryConfig,
+    /// Whether a version with no healthy endpoint spills its share to the others.
+    pub spill: bool,
 }
 
 /// One version of an app.
@@ -70,6 +76,8 @@ pub struct Version {
     pub pool: Pool,
     /// Pre-resolved metric handles.
     pub metrics: VersionMetrics,
+    /// The active probe of its endpoints, if any.
+    pub probe: Option<ProbeConfig>,
 }
 
 impl Snapshot {
@@ -117,6 +125,24 @@ impl App {
     pub fn weights(&self) -> impl Iterator<Item = (&str, u32)> {
         self.versions.iter().map(|v| (&*v.name, v.weight))
     }
+
+    /// When version `down` has no healthy endpoint: another version with weight and a healthy
+    /// endpoint, chosen in proportion to the weights. A rare path, so it scans.
+    pub fn spill_from(&self, down: usize) -> Option<usize> {
+        let open = |(i, v): &(usize, &Version)| *i != down && v.weight > 0 && v.pool.has_healthy();
+        let total: u64 = self.versions.iter().enumerate().filter(open).map(|(_, v)| u64::from(v.weight)).sum();
+        if total == 0 {
+            return None;
+        }
+        let mut point = fastrand::u64(..total);
+        for (i, v) in self.versions.iter().enumerate().filter(open) {
+            match point.checked_sub(u64::from(v.weight)) {
+                Some(rest) => point = rest,
+                None => return Some(i),
+            }
+        }
+        None
+    }
 }
 
 /// Builds the next snapshot. `splits` holds the current split of every app in `config`.
@@ -160,6 +186,7 @@ fn build_app(name: &str, app: &AppConfig, split: &SplitState, prev: Option<&App>
         .iter()
         .map(|(vname, v)| {
             let prev_pool = prev.and_then(|p| p.versions.iter().find(|pv| &*pv.name == vname));
+            let probe = app.probe_for(vname).cloned();
             let endpoints = v
                 .endpoints
                 .iter()
@@ -169,9 +196,13 @@ fn build_app(name: &str, app: &AppConfig, split: &SplitState, prev: Option<&App>
                     let state = prev_pool
                         .and_then(|p| p.pool.endpoints().iter().find(|e| e.addr == ep.addr))
                         .map(|e| Arc::clone(&e.state))
-                        .unwrap_or_else(|| Arc::new(EndpointState::new(true)));
+                        // New endpoints wait for their first passing probe, if probed.
+                        .unwrap_or_else(|| Arc::new(EndpointState::new(probe.is_some())));
+                    let healthy_gauge = metrics.endpoint_healthy(name, vname, &ep_name);
+                    healthy_gauge.set(i64::from(state.is_healthy()));
                     Endpoint {
                         requests: metrics.endpoint(name, vname, &ep_name),
+                        healthy_gauge,
                         name: ep_name.into(),
                         addr: ep.addr,
                         authority: ep.addr.to_string().parse().expect("a socket address is an authority"),
@@ -184,6 +215,7 @@ fn build_app(name: &str, app: &AppConfig, split: &SplitState, prev: Option<&App>
                 weight: split.weights.get(vname).copied().unwrap_or(0),
                 pool: Pool::new(endpoints, app.balance),
                 metrics: metrics.version(name, vname),
+                probe,
             }
         })
         .collect();
@@ -192,7 +224,16 @@ fn build_app(name: &str, app: &AppConfig, split: &SplitState, prev: Option<&App>
         Some(p) if p.upstream.timeouts == app.timeouts => p.upstream.clone(),
         _ => Upstream::new(&app.timeouts),
     };
-    App { name: name.into(), revision: split.revision, split: Split::new(&weights), versions, upstream }
+    App {
+        name: name.into(),
+        revision: split.revision,
+        split: Split::new(&weights),
+        versions,
+        upstream,
+        outlier: app.outlier.clone(),
+        retry: app.retry.clone(),
+        spill: app.on_version_down == VersionDown::Spill,
+    }
 }
 
 #[cfg(test)]

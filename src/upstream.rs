@@ -1,6 +1,7 @@
 //! The pooled keep-alive HTTP client to an app's endpoints, and how its failures are classified.
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use bytes::Bytes;
 use http_body_util::{Either, Empty};
@@ -11,17 +12,61 @@ use hyper_util::rt::{TokioExecutor, TokioTimer};
 
 use crate::config::TimeoutConfig;
 use crate::metrics::UpstreamErrorKind;
+use crate::pool::clock_ms;
 
 /// Body of a request sent upstream: the client's streamed body, or nothing (for requests that
 /// are re-sent, which carry no body).
 pub type RequestBody = Either<Incoming, Empty<Bytes>>;
 
-/// One app's upstream client. Cloning shares the connection pool.
+/// One app's upstream client. Cloning shares the connection pool and the retry budget.
 #[derive(Debug, Clone)]
 pub struct Upstream {
     client: Arc<Client<HttpConnector, RequestBody>>,
     /// The timeouts this client was built with.
     pub timeouts: TimeoutConfig,
+    /// Limits retries to a share of requests.
+    pub budget: Arc<RetryBudget>,
+}
+
+/// Retries allowed per window: `min + percent × requests in the window / 100` (linkerd's and
+/// Finagle's retry budget), so retries cannot multiply load when a whole version fails.
+/// Requests count with one relaxed add; the window rolls only when a retry asks.
+#[derive(Debug, Default)]
+pub struct RetryBudget {
+    requests: AtomicU64,
+    window_start_ms: AtomicU64,
+    window_base: AtomicU64,
+    window_retries: AtomicU64,
+}
+
+/// Length of a retry budget window.
+const BUDGET_WINDOW_MS: u64 = 10_000;
+
+impl RetryBudget {
+    /// Counts one request.
+    #[inline]
+    pub fn record_request(&self) {
+        self.requests.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Takes one retry from the budget if it has one.
+    pub fn try_retry(&self, percent: u32, min: u32) -> bool {
+        let now = clock_ms();
+        let requests = self.requests.load(Ordering::Relaxed);
+        if now.saturating_sub(self.window_start_ms.load(Ordering::Relaxed)) > BUDGET_WINDOW_MS {
+            self.window_start_ms.store(now, Ordering::Relaxed);
+            self.window_base.store(requests, Ordering::Relaxed);
+            self.window_retries.store(0, Ordering::Relaxed);
+        }
+        let in_window = requests.saturating_sub(self.window_base.load(Ordering::Relaxed));
+        let allowed = u64::from(min) + in_window * u64::from(percent) / 100;
+        if self.window_retries.fetch_add(1, Ordering::Relaxed) < allowed {
+            true
+        } else {
+            self.window_retries.fetch_sub(1, Ordering::Relaxed);
+            false
+        }
+    }
 }
 
 /// Why an upstream exchange failed before response headers arrived.
@@ -47,7 +92,7 @@ impl Upstream {
             .timer(TokioTimer::new())
             .set_host(false)
             .build(connector);
-        Upstream { client: Arc::new(client), timeouts: timeouts.clone() }
+        Upstream { client: Arc::new(client), timeouts: timeouts.clone(), budget: Arc::default() }
     }
 
     /// Whether two handles share one connection pool.
@@ -89,4 +134,21 @@ fn classify(err: &hyper_util::client::legacy::Error) -> UpstreamError {
         UpstreamErrorKind::Protocol
     };
     UpstreamError { kind, message }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn budget_allows_min_plus_a_share_of_requests() {
+        let b = RetryBudget::default();
+        let granted = (0..50).filter(|_| b.try_retry(20, 10)).count();
+        assert_eq!(granted, 10, "with no traffic only the minimum");
+        for _ in 0..100 {
+            b.record_request();
+        }
+        let granted = (0..50).filter(|_| b.try_retry(20, 10)).count();
+        assert_eq!(granted, 20, "20 % of 100 requests on top of the 10 already used");
+    }
 }

@@ -39,8 +39,9 @@ fn pool(n: usize, balance: Balance) -> Pool {
                 name: format!("ep-{i}").into(),
                 addr,
                 authority: addr.to_string().parse().unwrap(),
-                state: Arc::new(EndpointState::new(i % 3 != 0)),
+                state: Arc::new(EndpointState::new(i % 3 == 0)),
                 requests: prometheus::IntCounter::new("t", "t").unwrap(),
+                healthy_gauge: prometheus::IntGauge::new("t", "t").unwrap(),
             }
         })
         .collect();

@@ -8,7 +8,7 @@ use hyper::body::Incoming;
 use serde::Deserialize;
 use serde_json::json;
 
-use crate::control::ControlError;
+use crate::control::{ControlError, ReloadError};
 use crate::proxy::ResponseBody;
 
 /// Largest admin request body accepted, in bytes.
@@ -112,6 +112,7 @@ impl From<ControlError> for ApiError {
             ControlError::Stale { .. } => (StatusCode::PRECONDITION_FAILED, "stale_revision"),
             ControlError::NoSuchRevision(_) => (StatusCode::NOT_FOUND, "unknown_revision"),
             ControlError::NothingToRollBack => (StatusCode::CONFLICT, "nothing_to_roll_back"),
+            ControlError::RevisionObsolete { .. } => (StatusCode::CONFLICT, "revision_obsolete"),
             ControlError::Closed => (StatusCode::SERVICE_UNAVAILABLE, "shutting_down"),
         };
         let details = match e {
@@ -122,6 +123,24 @@ impl From<ControlError> for ApiError {
             _ => Vec::new(),
         };
         ApiError { details, ..ApiError::new(status, code, message) }
+    }
+}
+
+impl From<ReloadError> for ApiError {
+    fn from(e: ReloadError) -> Self {
+        match e {
+            ReloadError::NoConfigFile => ApiError::new(StatusCode::CONFLICT, "no_config_file", e.to_string()),
+            ReloadError::Invalid { message, problems } => {
+                let details = problems
+                    .into_iter()
+                    .map(|p| {
+                        let at = p.location.map(|(l, c)| format!("{l}:{c}: ")).unwrap_or_default();
+                        (p.field, format!("{at}{}", p.message))
+                    })
+                    .collect();
+                ApiError { details, ..ApiError::new(StatusCode::BAD_REQUEST, "invalid_config", message) }
+            }
+        }
     }
 }
 

@@ -16,11 +16,25 @@ pub fn app(app: &App) -> Value {
                 .endpoints()
                 .iter()
                 .map(|e| {
+                    let record = e.state.record();
+                    let probe = match &v.probe {
+                        None => json!(null),
+                        Some(_) => json!({
+                            "up": e.state.probe_up(),
+                            "last": record.last_probe.as_ref().map(|(at, ok, detail)| json!({
+                                "at": rfc3339(*at), "passed": ok, "detail": detail,
+                            })),
+                        }),
+                    };
                     json!({
                         "name": &*e.name,
                         "addr": e.addr.to_string(),
                         "healthy": e.state.is_healthy(),
+                        "ejected": e.state.is_ejected(),
+                        "times_ejected": e.state.times_ejected(),
                         "in_flight": e.state.in_flight(),
+                        "probe": probe,
+                        "last_change": record.last_change.as_ref().map(|(at, why)| json!({ "at": rfc3339(*at), "why": why })),
                     })
                 })
                 .collect();
@@ -29,6 +43,9 @@ pub fn app(app: &App) -> Value {
                 "weight": v.weight,
                 "share": if total > 0.0 { f64::from(v.weight) / total } else { 0.0 },
                 "healthy_endpoints": v.pool.healthy_count(),
+                // With no healthy endpoint, this version's share spills to the others (or
+                // fails with 503 when the app says `on_version_down = "fail"`).
+                "available": v.pool.has_healthy(),
                 "endpoints": endpoints,
             })
         })
@@ -38,6 +55,11 @@ pub fn app(app: &App) -> Value {
         "name": &*app.name,
         "revision": app.revision,
         "weights": weights,
+        "on_version_down": if app.spill { "spill" } else { "fail" },
         "versions": versions,
     })
+}
+
+fn rfc3339(t: std::time::SystemTime) -> String {
+    humantime::format_rfc3339_millis(t).to_string()
 }

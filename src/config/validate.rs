@@ -116,6 +116,23 @@ pub(super) fn validate(config: &Config) -> Vec<Problem> {
             let f = if version.is_empty() { format!("{field}.split") } else { format!("{field}.split.{version}") };
             out.push(problem(f, message));
         }
+        if let Some(p) = &app.probe {
+            validate_probe(&format!("{field}.probe"), p, &mut out);
+        }
+        for (version, v) in &app.versions {
+            if let Some(p) = &v.probe {
+                validate_probe(&format!("{field}.versions.{version}.probe"), p, &mut out);
+            }
+        }
+        let o = &app.outlier;
+        if o.max_ejected_percent > 100 {
+            out.push(problem(format!("{field}.outlier.max_ejected_percent"), "must be 0 to 100"));
+        }
+        for (key, d) in [("window", o.window), ("base_ejection", o.base_ejection), ("max_ejection", o.max_ejection)] {
+            if d.is_zero() {
+                out.push(problem(format!("{field}.outlier.{key}"), "must be greater than zero"));
+            }
+        }
         let t = &app.timeouts;
         for (key, d) in [("connect", t.connect), ("request", t.request), ("idle", t.idle)] {
             if d.is_zero() {
@@ -124,6 +141,29 @@ pub(super) fn validate(config: &Config) -> Vec<Problem> {
         }
     }
     out
+}
+
+fn validate_probe(field: &str, p: &super::ProbeConfig, out: &mut Vec<Problem>) {
+    if !p.path.starts_with('/') || p.path.contains(char::is_whitespace) {
+        out.push(problem(format!("{field}.path"), format!("{:?} is not an absolute path like \"/ready\"", p.path)));
+    }
+    if p.port == Some(0) {
+        out.push(problem(format!("{field}.port"), "port 0 cannot be probed"));
+    }
+    for (key, d) in [("interval", p.interval), ("timeout", p.timeout)] {
+        if d.is_zero() {
+            out.push(problem(format!("{field}.{key}"), "must be greater than zero"));
+        }
+    }
+    for (key, n) in [("healthy_threshold", p.healthy_threshold), ("unhealthy_threshold", p.unhealthy_threshold)] {
+        if n == 0 {
+            out.push(problem(format!("{field}.{key}"), "must be at least 1"));
+        }
+    }
+    let [lo, hi] = p.expected_status;
+    if !(100..=599).contains(&lo) || !(100..=599).contains(&hi) || lo > hi {
+        out.push(problem(format!("{field}.expected_status"), format!("[{lo}, {hi}] is not a range of HTTP statuses")));
+    }
 }
 
 fn validate_versions(app_name: &str, app: &super::AppConfig, out: &mut Vec<Problem>) {
