@@ -153,16 +153,7 @@ async fn run(client: ProbeClient, t: Target, stop: CancellationToken, mut first:
             fails += 1;
             passes = 0;
         }
-        let up = t.state.probe_up();
-        // A new endpoint takes traffic after its first pass; a fallen one needs `rise` passes.
-        let rise = if t.state.ever_up() { t.config.healthy_threshold } else { 1 };
-        let change = if !up && ok && passes >= rise {
-            Some(true)
-        } else if up && !ok && fails >= t.config.unhealthy_threshold {
-            Some(false)
-        } else {
-            None
-        };
+        let change = verdict(t.state.probe_up(), t.state.ever_up(), passes, fails, &t.config);
         if let Some(now_up) = change {
             t.state.set_probe_up(now_up);
             t.gauge.set(i64::from(t.state.is_healthy()));
@@ -185,6 +176,21 @@ async fn run(client: ProbeClient, t: Target, stop: CancellationToken, mut first:
             () = stop.cancelled() => return,
             () = tokio::time::sleep(t.config.interval) => {}
         }
+    }
+}
+
+/// Whether an endpoint's probe state changes after a result, given the passes or failures in
+/// a row so far: `Some(true)` up, `Some(false)` down. A new endpoint (never up) comes up on its
+/// first pass; a fallen one needs `healthy_threshold` passes; `unhealthy_threshold` failures
+/// take one down.
+pub fn verdict(up: bool, ever_up: bool, passes: u32, fails: u32, config: &ProbeConfig) -> Option<bool> {
+    let rise = if ever_up { config.healthy_threshold } else { 1 };
+    if !up && passes >= rise {
+        Some(true)
+    } else if up && fails >= config.unhealthy_threshold {
+        Some(false)
+    } else {
+        None
     }
 }
 
@@ -216,4 +222,52 @@ pub async fn first_results(started: Vec<oneshot::Receiver<()>>, limit: Duration)
         }
     };
     let _ = tokio::time::timeout(limit, all).await;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config(rise: u32, fall: u32) -> ProbeConfig {
+        let text = format!("path = \"/ready\"\nhealthy_threshold = {rise}\nunhealthy_threshold = {fall}");
+        toml::from_str(&text).unwrap()
+    }
+
+    /// Feeds results through `verdict` as the probe loop does; returns the state after each.
+    fn run(mut up: bool, mut ever_up: bool, results: &[bool], c: &ProbeConfig) -> Vec<bool> {
+        let (mut passes, mut fails) = (0, 0);
+        results
+            .iter()
+            .map(|&ok| {
+                if ok {
+                    (passes, fails) = (passes + 1, 0);
+                } else {
+                    (passes, fails) = (0, fails + 1);
+                }
+                if let Some(now) = verdict(up, ever_up, passes, fails, c) {
+                    up = now;
+                    ever_up |= now;
+                }
+                up
+            })
+            .collect()
+    }
+
+    #[test]
+    fn falls_after_unhealthy_threshold_and_rises_after_healthy_threshold() {
+        let c = config(2, 3);
+        // Up: two failures are tolerated, the third takes it down; a pass in between resets.
+        assert_eq!(
+            run(true, true, &[false, false, true, false, false, false], &c),
+            [true, true, true, true, true, false]
+        );
+        // Down after having been up: needs two passes in a row.
+        assert_eq!(run(false, true, &[true, false, true, true], &c), [false, false, false, true]);
+    }
+
+    #[test]
+    fn a_new_endpoint_takes_traffic_after_its_first_pass() {
+        let c = config(3, 3);
+        assert_eq!(run(false, false, &[false, false, true], &c), [false, false, true]);
+    }
 }

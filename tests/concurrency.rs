@@ -2,39 +2,13 @@
 
 mod common;
 
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
-
-use common::{Client, two_versions, urls};
+use common::{Client, Load, two_versions, urls};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_hundred_split_changes_under_32_clients_fail_nothing() {
     let (weir, _b) = two_versions(90, 10).await;
     let (url, admin) = urls(&weir);
-    let done = Arc::new(AtomicBool::new(false));
-    let mut clients = Vec::new();
-    for _ in 0..32 {
-        let (url, done) = (url.clone(), done.clone());
-        clients.push(tokio::spawn(async move {
-            let client = Client::new();
-            let (mut ok, mut failed, mut errors) = (0u64, 0u64, Vec::new());
-            // Bounded: stops when the changes are done, or after 20,000 requests at most.
-            while !done.load(Ordering::Relaxed) && ok + failed < 20_000 {
-                match client.send(http::Request::get(&url).body(Default::default()).unwrap()).await {
-                    Ok(r) if r.status == 200 && r.body.starts_with("Host: ") => ok += 1,
-                    Ok(r) => {
-                        failed += 1;
-                        errors.push(format!("{} {}", r.status, r.body));
-                    }
-                    Err(e) => {
-                        failed += 1;
-                        errors.push(e);
-                    }
-                }
-            }
-            (ok, failed, errors)
-        }));
-    }
+    let load = Load::start(&url, 32, 20_000);
     let client = Client::new();
     let mut last_revision = 1;
     for i in 0..200u64 {
@@ -44,28 +18,18 @@ async fn two_hundred_split_changes_under_32_clients_fail_nothing() {
             client.call("POST", &format!("{admin}/apps/web/promote"), &format!(r#"{{"version":"{v}"}}"#)).await
         } else {
             let v2 = (i * 37) % 101;
-            client
-                .call(
-                    "PUT",
-                    &format!("{admin}/apps/web/split"),
-                    &format!(r#"{{"weights":{{"v1":{},"v2":{v2}}}}}"#, 100 - v2),
-                )
-                .await
+            let body = format!(r#"{{"weights":{{"v1":{},"v2":{v2}}}}}"#, 100 - v2);
+            client.call("PUT", &format!("{admin}/apps/web/split"), &body).await
         };
         assert_eq!(r.status, 200, "change {i}: {}", r.body);
         last_revision = r.json()["revision"].as_u64().unwrap();
     }
-    done.store(true, Ordering::Relaxed);
-    let (mut ok, mut failed) = (0, 0);
-    let mut errors = Vec::new();
-    for c in clients {
-        let (o, f, e) = c.await.unwrap();
-        ok += o;
-        failed += f;
-        errors.extend(e);
-    }
-    println!("200 split changes (final revision {last_revision}) under 32 clients: {ok} ok, {failed} failed");
-    assert_eq!(failed, 0, "failures: {:?}", &errors[..errors.len().min(5)]);
-    assert!(ok > 1_000, "the clients barely ran: {ok}");
+    let report = load.stop().await;
+    println!(
+        "200 split changes (final revision {last_revision}) under 32 clients: {} ok, {} failed",
+        report.ok, report.failed
+    );
+    assert_eq!(report.failed, 0, "failures: {:?}", report.errors);
+    assert!(report.ok > 1_000, "the clients barely ran: {}", report.ok);
     weir.shutdown().await;
 }

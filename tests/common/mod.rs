@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU64, Ordering};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -20,15 +20,29 @@ use tokio::net::TcpListener;
 
 /// A test backend answering `Host: <name>, Version: <version>\n`, plus:
 /// `/echo` streams the request body back, `/headers` lists the request headers one per line,
-/// `/slow` waits 2 s first.
+/// `/slow` waits 2 s first, `/drip` sends a chunk and waits for [`Backend::release`], `/ready`
+/// answers 200 or 503 as set by [`Backend::set_ready`].
 pub struct Backend {
     pub addr: SocketAddr,
     pub name: String,
     pub hits: Arc<AtomicU64>,
     /// `/drip` sends its first chunk, then waits for this before the second.
     pub release: Arc<tokio::sync::Notify>,
-    alive: Arc<AtomicBool>,
+    shared: Arc<Shared>,
+    crash: tokio_util::sync::CancellationToken,
     task: tokio::task::JoinHandle<()>,
+}
+
+struct Shared {
+    hello: String,
+    hits: Arc<AtomicU64>,
+    release: Arc<tokio::sync::Notify>,
+    /// 0 normal, 1 every answer 500, 2 every other answer 500.
+    mode: AtomicU8,
+    ready: AtomicBool,
+    served: AtomicU64,
+    /// 500s sent.
+    errors: AtomicU64,
 }
 
 type TestBody = BoxBody<Bytes, hyper::Error>;
@@ -39,34 +53,64 @@ fn full(s: impl Into<Bytes>) -> TestBody {
 
 impl Backend {
     pub async fn spawn(name: &str, version: &str) -> Backend {
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        Self::spawn_at("127.0.0.1:0".parse().unwrap(), name, version).await
+    }
+
+    pub async fn spawn_at(addr: SocketAddr, name: &str, version: &str) -> Backend {
+        let listener = TcpListener::bind(addr).await.unwrap();
         let addr = listener.local_addr().unwrap();
-        let hello: Arc<str> = format!("Host: {name}, Version: {version}\n").into();
         let hits = Arc::new(AtomicU64::new(0));
-        let alive = Arc::new(AtomicBool::new(true));
         let release = Arc::new(tokio::sync::Notify::new());
-        let (h, a, r) = (hits.clone(), alive.clone(), release.clone());
+        let shared = Arc::new(Shared {
+            hello: format!("Host: {name}, Version: {version}\n"),
+            hits: hits.clone(),
+            release: release.clone(),
+            mode: AtomicU8::new(0),
+            ready: AtomicBool::new(true),
+            served: AtomicU64::new(0),
+            errors: AtomicU64::new(0),
+        });
+        let crash = tokio_util::sync::CancellationToken::new();
+        let (sh, cr) = (shared.clone(), crash.clone());
         let task = tokio::spawn(async move {
             loop {
                 let Ok((stream, _)) = listener.accept().await else { continue };
-                let (hello, hits, alive, release) = (hello.clone(), h.clone(), a.clone(), r.clone());
+                let (shared, crash) = (sh.clone(), cr.clone());
                 tokio::spawn(async move {
                     let svc = hyper::service::service_fn(move |req: Request<Incoming>| {
-                        let (hello, hits, alive, release) =
-                            (hello.clone(), hits.clone(), alive.clone(), release.clone());
-                        async move { Ok::<_, Infallible>(answer(req, &hello, &hits, &alive, release).await) }
+                        let shared = shared.clone();
+                        async move { Ok::<_, Infallible>(answer(req, &shared).await) }
                     });
-                    let _ =
-                        hyper::server::conn::http1::Builder::new().serve_connection(TokioIo::new(stream), svc).await;
+                    let conn = hyper::server::conn::http1::Builder::new().serve_connection(TokioIo::new(stream), svc);
+                    // A crash drops the connection mid-flight, as a killed process would.
+                    tokio::select! {
+                        _ = conn => {}
+                        () = crash.cancelled() => {}
+                    }
                 });
             }
         });
-        Backend { addr, name: name.to_string(), hits, release, alive, task }
+        Backend { addr, name: name.to_string(), hits, release, shared, crash, task }
     }
 
     /// Makes the backend answer 500 to everything (true) or behave again (false).
     pub fn fail(&self, failing: bool) {
-        self.alive.store(!failing, Ordering::SeqCst);
+        self.shared.mode.store(u8::from(failing), Ordering::SeqCst);
+    }
+
+    /// Makes every other answer a 500.
+    pub fn fail_half(&self) {
+        self.shared.mode.store(2, Ordering::SeqCst);
+    }
+
+    /// 500s this backend has sent.
+    pub fn errors_sent(&self) -> u64 {
+        self.shared.errors.load(Ordering::SeqCst)
+    }
+
+    /// What `/ready` answers: 200 (true) or 503.
+    pub fn set_ready(&self, ready: bool) {
+        self.shared.ready.store(ready, Ordering::SeqCst);
     }
 
     /// Stops accepting and closes the listening socket; returns once it is closed, so new
@@ -75,22 +119,39 @@ impl Backend {
         self.task.abort();
         let _ = self.task.await;
     }
+
+    /// Like a killed process: the listener closes and every open connection drops at once,
+    /// in-flight requests included.
+    pub async fn crash(self) {
+        self.crash.cancel();
+        self.kill().await;
+    }
 }
 
-async fn answer(
-    req: Request<Incoming>,
-    hello: &str,
-    hits: &AtomicU64,
-    alive: &AtomicBool,
-    release: Arc<tokio::sync::Notify>,
-) -> Response<TestBody> {
-    hits.fetch_add(1, Ordering::SeqCst);
-    if !alive.load(Ordering::SeqCst) {
+async fn answer(req: Request<Incoming>, s: &Shared) -> Response<TestBody> {
+    let path = req.uri().path();
+    if path == "/ready" || path == "/live" {
+        let ok = path == "/live" || s.ready.load(Ordering::SeqCst);
+        let mut r = Response::new(full(if ok { "ok\n" } else { "not ready\n" }));
+        if !ok {
+            *r.status_mut() = StatusCode::SERVICE_UNAVAILABLE;
+        }
+        return r;
+    }
+    s.hits.fetch_add(1, Ordering::SeqCst);
+    let n = s.served.fetch_add(1, Ordering::SeqCst);
+    let fail = match s.mode.load(Ordering::SeqCst) {
+        1 => true,
+        2 => n % 2 == 1,
+        _ => false,
+    };
+    if fail {
+        s.errors.fetch_add(1, Ordering::SeqCst);
         let mut r = Response::new(full("broken\n"));
         *r.status_mut() = StatusCode::INTERNAL_SERVER_ERROR;
         return r;
     }
-    match req.uri().path() {
+    match path {
         "/echo" => Response::new(req.into_body().boxed()),
         "/headers" => {
             let mut out = String::new();
@@ -101,6 +162,7 @@ async fn answer(
         }
         "/drip" => {
             let (tx, rx) = tokio::sync::mpsc::channel(2);
+            let release = s.release.clone();
             tokio::spawn(async move {
                 let _ = tx.send(Bytes::from_static(b"first\n")).await;
                 release.notified().await;
@@ -110,9 +172,9 @@ async fn answer(
         }
         "/slow" => {
             tokio::time::sleep(Duration::from_secs(2)).await;
-            Response::new(full(hello.to_string()))
+            Response::new(full(s.hello.clone()))
         }
-        _ => Response::new(full(hello.to_string())),
+        _ => Response::new(full(s.hello.clone())),
     }
 }
 
@@ -256,4 +318,112 @@ pub async fn count_versions(client: &Client, url: &str, n: usize, concurrency: u
         }
     }
     total
+}
+
+/// What a load run saw.
+#[derive(Debug, Default)]
+pub struct LoadReport {
+    pub ok: u64,
+    pub failed: u64,
+    /// The first few failures, for the assertion message.
+    pub errors: Vec<String>,
+}
+
+/// `clients` concurrent clients, each sending GETs in a loop (each on its own keep-alive
+/// connection pool) until stopped, bounded by `max_per_client` requests and 60 s.
+pub struct Load {
+    stop: Arc<AtomicBool>,
+    tasks: Vec<tokio::task::JoinHandle<LoadReport>>,
+}
+
+impl Load {
+    pub fn start(url: &str, clients: usize, max_per_client: u64) -> Load {
+        let stop = Arc::new(AtomicBool::new(false));
+        let tasks = (0..clients)
+            .map(|_| {
+                let (url, stop) = (url.to_string(), stop.clone());
+                tokio::spawn(async move {
+                    let client = Client::new();
+                    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+                    let mut r = LoadReport::default();
+                    while !stop.load(Ordering::Relaxed)
+                        && r.ok + r.failed < max_per_client
+                        && tokio::time::Instant::now() < deadline
+                    {
+                        match client.send(Request::get(&url).body(Full::default()).unwrap()).await {
+                            Ok(resp) if resp.status == 200 && resp.body.starts_with("Host: ") => r.ok += 1,
+                            Ok(resp) => {
+                                r.failed += 1;
+                                if r.errors.len() < 5 {
+                                    r.errors.push(format!("{} {}", resp.status, resp.body.trim()));
+                                }
+                            }
+                            Err(e) => {
+                                r.failed += 1;
+                                if r.errors.len() < 5 {
+                                    r.errors.push(e);
+                                }
+                            }
+                        }
+                    }
+                    r
+                })
+            })
+            .collect();
+        Load { stop, tasks }
+    }
+
+    /// Lets the clients run until at least `n` more requests completed (bounded by 30 s).
+    pub async fn run_for_requests(&self, backends: &[&Backend], n: u64) {
+        let count = || backends.iter().map(|b| b.hits.load(Ordering::SeqCst)).sum::<u64>();
+        let target = count() + n;
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+        while count() < target && tokio::time::Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+
+    pub async fn stop(self) -> LoadReport {
+        self.stop.store(true, Ordering::Relaxed);
+        let mut total = LoadReport::default();
+        for t in self.tasks {
+            let r = t.await.unwrap();
+            total.ok += r.ok;
+            total.failed += r.failed;
+            total.errors.extend(r.errors);
+        }
+        total.errors.truncate(5);
+        total
+    }
+}
+
+/// Polls `GET /apps/{app}` until `pred` holds (a readiness signal, not a timed assertion);
+/// panics after 10 s.
+pub async fn wait_for_app(
+    client: &Client,
+    admin: &str,
+    app: &str,
+    what: &str,
+    pred: impl Fn(&serde_json::Value) -> bool,
+) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let view = client.get(&format!("{admin}/apps/{app}")).await.json();
+        if pred(&view) {
+            return;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "timed out waiting for {what}: {view:#}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// The endpoint named `name` in an app view.
+pub fn endpoint<'a>(view: &'a serde_json::Value, name: &str) -> &'a serde_json::Value {
+    view["versions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .flat_map(|v| v["endpoints"].as_array().unwrap())
+        .find(|e| e["name"] == name)
+        .unwrap_or_else(|| panic!("no endpoint {name} in {view:#}"))
 }
