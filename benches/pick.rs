@@ -21,6 +21,7 @@ fn pool(n: usize, balance: Balance) -> Pool {
                 state: Arc::new(EndpointState::new(false)),
                 requests: prometheus::IntCounter::new("b", "b").unwrap(),
                 healthy_gauge: prometheus::IntGauge::new("b", "b").unwrap(),
+                client: weir::upstream::HttpClient::new(&Default::default()),
             }
         })
         .collect();

@@ -184,6 +184,8 @@ pub struct Endpoint {
     pub requests: prometheus::IntCounter,
     /// `weir_endpoint_healthy`, set whenever health changes.
     pub healthy_gauge: prometheus::IntGauge,
+    /// Its own pooled connections.
+    pub client: crate::upstream::HttpClient,
 }
 
 impl Endpoint {
@@ -289,6 +291,7 @@ mod tests {
             state: Arc::new(EndpointState::new(false)),
             requests: prometheus::IntCounter::new("x", "x").unwrap(),
             healthy_gauge: prometheus::IntGauge::new("y", "y").unwrap(),
+            client: crate::upstream::HttpClient::new(&Default::default()),
         }
     }
 

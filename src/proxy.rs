@@ -126,7 +126,7 @@ impl Proxy {
                 };
                 Request::from_parts(h, body)
             };
-            let result = app.upstream.send(req).await;
+            let result = endpoint.client.send(req).await;
             match result {
                 Ok(resp) => {
                     let (mut parts, body) = resp.into_parts();

@@ -11,7 +11,7 @@ use crate::config::{AppConfig, Config, OutlierConfig, ProbeConfig, RetryConfig, 
 use crate::metrics::{Metrics, VersionMetrics};
 use crate::pool::{Endpoint, EndpointState, Pool};
 use crate::split::Split;
-use crate::upstream::Upstream;
+use crate::upstream::{HttpClient, Upstream};
 
 /// The split an app runs now: its weights and the revision that set them.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -55,7 +55,7 @@ pub struct App {
     pub versions: Box<[Version]>,
     /// Per-request version choice.
     pub split: Split,
-    /// Upstream client, timeouts and retry budget.
+    /// What its endpoints share: the retry budget.
     pub upstream: Upstream,
     /// Passive ejection settings.
     pub outlier: OutlierConfig,
@@ -192,17 +192,23 @@ fn build_app(name: &str, app: &AppConfig, split: &SplitState, prev: Option<&App>
                 .iter()
                 .map(|ep| {
                     let ep_name = ep.display_name();
-                    // Same address in the same version: the same endpoint, keep its state.
-                    let state = prev_pool
-                        .and_then(|p| p.pool.endpoints().iter().find(|e| e.addr == ep.addr))
+                    // Same address in the same version: the same endpoint, keep its state
+                    // and its warm connections (unless the timeouts changed).
+                    let prev_ep = prev_pool.and_then(|p| p.pool.endpoints().iter().find(|e| e.addr == ep.addr));
+                    // New endpoints wait for their first passing probe, if probed.
+                    let state = prev_ep
                         .map(|e| Arc::clone(&e.state))
-                        // New endpoints wait for their first passing probe, if probed.
                         .unwrap_or_else(|| Arc::new(EndpointState::new(probe.is_some())));
+                    let client = prev_ep
+                        .filter(|e| e.client.timeouts == app.timeouts)
+                        .map(|e| e.client.clone())
+                        .unwrap_or_else(|| HttpClient::new(&app.timeouts));
                     let healthy_gauge = metrics.endpoint_healthy(name, vname, &ep_name);
                     healthy_gauge.set(i64::from(state.is_healthy()));
                     Endpoint {
                         requests: metrics.endpoint(name, vname, &ep_name),
                         healthy_gauge,
+                        client,
                         name: ep_name.into(),
                         addr: ep.addr,
                         authority: ep.addr.to_string().parse().expect("a socket address is an authority"),
@@ -220,10 +226,8 @@ fn build_app(name: &str, app: &AppConfig, split: &SplitState, prev: Option<&App>
         })
         .collect();
     let weights: Vec<u32> = versions.iter().map(|v| v.weight).collect();
-    let upstream = match prev {
-        Some(p) if p.upstream.timeouts == app.timeouts => p.upstream.clone(),
-        _ => Upstream::new(&app.timeouts),
-    };
+    // The retry budget outlives rebuilds, so a split change does not refill it.
+    let upstream = prev.map(|p| p.upstream.clone()).unwrap_or_default();
     App {
         name: name.into(),
         revision: split.revision,

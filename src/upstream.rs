@@ -18,14 +18,22 @@ use crate::pool::clock_ms;
 /// are re-sent, which carry no body).
 pub type RequestBody = Either<Incoming, Empty<Bytes>>;
 
-/// One app's upstream client. Cloning shares the connection pool and the retry budget.
-#[derive(Debug, Clone)]
+/// What one app shares across its endpoints: the retry budget. Cloning shares it.
+#[derive(Debug, Clone, Default)]
 pub struct Upstream {
+    /// Limits retries to a share of requests.
+    pub budget: Arc<RetryBudget>,
+}
+
+/// The pooled keep-alive client of one endpoint. Each endpoint has its own pool, so when an
+/// endpoint leaves (a reload, a pod gone) its idle connections close as soon as the last
+/// snapshot holding it is dropped, that is, once its in-flight requests finished; and no pool
+/// lock is shared across endpoints. Cloning shares the pool.
+#[derive(Debug, Clone)]
+pub struct HttpClient {
     client: Arc<Client<HttpConnector, RequestBody>>,
     /// The timeouts this client was built with.
     pub timeouts: TimeoutConfig,
-    /// Limits retries to a share of requests.
-    pub budget: Arc<RetryBudget>,
 }
 
 /// Retries allowed per window: `min + percent × requests in the window / 100` (linkerd's and
@@ -79,7 +87,7 @@ pub struct UpstreamError {
     pub message: String,
 }
 
-impl Upstream {
+impl HttpClient {
     /// A client with its own connection pool.
     pub fn new(timeouts: &TimeoutConfig) -> Self {
         let mut connector = HttpConnector::new();
@@ -92,11 +100,11 @@ impl Upstream {
             .timer(TokioTimer::new())
             .set_host(false)
             .build(connector);
-        Upstream { client: Arc::new(client), timeouts: timeouts.clone(), budget: Arc::default() }
+        HttpClient { client: Arc::new(client), timeouts: timeouts.clone() }
     }
 
     /// Whether two handles share one connection pool.
-    pub fn same_pool(&self, other: &Upstream) -> bool {
+    pub fn same_pool(&self, other: &HttpClient) -> bool {
         Arc::ptr_eq(&self.client, &other.client)
     }
 

@@ -42,6 +42,7 @@ fn pool(n: usize, balance: Balance) -> Pool {
                 state: Arc::new(EndpointState::new(i % 3 == 0)),
                 requests: prometheus::IntCounter::new("t", "t").unwrap(),
                 healthy_gauge: prometheus::IntGauge::new("t", "t").unwrap(),
+                client: weir::upstream::HttpClient::new(&Default::default()),
             }
         })
         .collect();

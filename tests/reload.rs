@@ -130,3 +130,43 @@ async fn reload_without_a_config_file_is_refused() {
     assert_eq!(r.json()["error"]["code"], "no_config_file");
     weir.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_removed_endpoint_finishes_in_flight_requests_then_its_connections_close() {
+    let (a, b) = (Backend::spawn("a", "v1").await, Backend::spawn("b", "v1").await);
+    let s = setup(&config(&[("v1", &[&a, &b])], &[("v1", 1)], "")).await;
+    // Warm both pools, then hold a slow request on each endpoint.
+    for _ in 0..20 {
+        assert_eq!(s.client.get(&s.url).await.status, 200);
+    }
+    let slow: Vec<_> = (0..4)
+        .map(|_| {
+            let url = format!("{}/slow", s.url);
+            tokio::spawn(async move { Client::new().get(&url).await })
+        })
+        .collect();
+    while a.hits.load(std::sync::atomic::Ordering::SeqCst) + b.hits.load(std::sync::atomic::Ordering::SeqCst) < 24 {
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+    assert!(a.open_connections() >= 1);
+
+    write(&s.path, &config(&[("v1", &[&b])], &[("v1", 1)], ""));
+    assert_eq!(s.client.call("POST", &format!("{}/reload", s.admin), "").await.status, 200);
+    let hits = a.hits.load(std::sync::atomic::Ordering::SeqCst);
+    for _ in 0..50 {
+        assert_eq!(s.client.get(&s.url).await.body, "Host: b, Version: v1\n", "no new request reaches a");
+    }
+    assert_eq!(a.hits.load(std::sync::atomic::Ordering::SeqCst), hits);
+    // Its in-flight requests finish normally...
+    for r in slow {
+        assert_eq!(r.await.unwrap().status, 200);
+    }
+    // ...and then its pooled connections close (long before the 90 s idle timeout).
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(10);
+    while a.open_connections() > 0 {
+        assert!(tokio::time::Instant::now() < deadline, "a still has {} connections", a.open_connections());
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    assert!(b.open_connections() >= 1, "b keeps its warm connections");
+    s.weir.shutdown().await;
+}

@@ -76,7 +76,7 @@ fn rebuild_keeps_endpoint_state_and_upstream() {
     let kept = &web.versions[0].pool.endpoints()[0];
     assert!(Arc::ptr_eq(&kept.state, &ep.state));
     assert!(!kept.state.is_healthy());
-    assert!(first.app("web").unwrap().upstream.same_pool(&web.upstream));
+    assert!(ep.client.same_pool(&kept.client), "warm connections survive a split change");
 
     // A changed timeout gets a fresh upstream; a moved endpoint gets fresh state.
     let mut changed = config.clone();
@@ -85,6 +85,7 @@ fn rebuild_keeps_endpoint_state_and_upstream() {
     web_cfg.versions.get_mut("v1").unwrap().endpoints[0].addr = "127.0.0.1:1009".parse().unwrap();
     let third = build(&changed, &next, Some(&second), &metrics, 3);
     let web3 = third.app("web").unwrap();
-    assert!(!web3.upstream.same_pool(&web.upstream));
+    let kept2 = &web3.versions[0].pool.endpoints()[1];
+    assert!(!kept2.client.same_pool(&web.versions[0].pool.endpoints()[1].client), "new timeouts, new pool");
     assert!(web3.versions[0].pool.endpoints()[0].state.is_healthy());
 }

@@ -43,6 +43,8 @@ struct Shared {
     served: AtomicU64,
     /// 500s sent.
     errors: AtomicU64,
+    /// Connections open now.
+    open: AtomicU64,
 }
 
 type TestBody = BoxBody<Bytes, hyper::Error>;
@@ -69,6 +71,7 @@ impl Backend {
             ready: AtomicBool::new(true),
             served: AtomicU64::new(0),
             errors: AtomicU64::new(0),
+            open: AtomicU64::new(0),
         });
         let crash = tokio_util::sync::CancellationToken::new();
         let (sh, cr) = (shared.clone(), crash.clone());
@@ -76,7 +79,9 @@ impl Backend {
             loop {
                 let Ok((stream, _)) = listener.accept().await else { continue };
                 let (shared, crash) = (sh.clone(), cr.clone());
+                shared.open.fetch_add(1, Ordering::SeqCst);
                 tokio::spawn(async move {
+                    let counted = shared.clone();
                     let svc = hyper::service::service_fn(move |req: Request<Incoming>| {
                         let shared = shared.clone();
                         async move { Ok::<_, Infallible>(answer(req, &shared).await) }
@@ -87,6 +92,7 @@ impl Backend {
                         _ = conn => {}
                         () = crash.cancelled() => {}
                     }
+                    counted.open.fetch_sub(1, Ordering::SeqCst);
                 });
             }
         });
@@ -101,6 +107,11 @@ impl Backend {
     /// Makes every other answer a 500.
     pub fn fail_half(&self) {
         self.shared.mode.store(2, Ordering::SeqCst);
+    }
+
+    /// Connections open to this backend now.
+    pub fn open_connections(&self) -> u64 {
+        self.shared.open.load(Ordering::SeqCst)
     }
 
     /// 500s this backend has sent.
