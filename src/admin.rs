@@ -17,6 +17,7 @@ use hyper::body::Incoming;
 use serde_json::json;
 
 use crate::control::{Change, ChangeRequest, ControlError, ControlHandle};
+use crate::discovery::SyncState;
 use crate::metrics::Metrics;
 use crate::proxy::ResponseBody;
 use crate::snapshot::Snapshot;
@@ -30,6 +31,7 @@ pub struct Admin {
     control: ControlHandle,
     metrics: Metrics,
     ready: Arc<AtomicBool>,
+    sync: Arc<SyncState>,
 }
 
 impl Admin {
@@ -39,8 +41,9 @@ impl Admin {
         control: ControlHandle,
         metrics: Metrics,
         ready: Arc<AtomicBool>,
+        sync: Arc<SyncState>,
     ) -> Self {
-        Admin { snapshot, control, metrics, ready }
+        Admin { snapshot, control, metrics, ready, sync }
     }
 
     /// Serves one admin request.
@@ -73,13 +76,13 @@ impl Admin {
                 let snap = self.snapshot.load();
                 Ok(json_response(
                     StatusCode::OK,
-                    &json!({ "apps": snap.apps.iter().map(view::app).collect::<Vec<_>>() }),
+                    &json!({ "apps": snap.apps.iter().map(|a| view::app(a, &self.sync)).collect::<Vec<_>>() }),
                 ))
             }
             (["apps", app], &Method::GET) => {
                 let snap = self.snapshot.load();
                 let a = snap.app(app).ok_or_else(|| ControlError::UnknownApp((*app).into()))?;
-                Ok(with_etag(json_response(StatusCode::OK, &view::app(a)), a.revision))
+                Ok(with_etag(json_response(StatusCode::OK, &view::app(a, &self.sync)), a.revision))
             }
             (["apps", app, "history"], &Method::GET) => {
                 let revisions = self.control.history(app).await?;
@@ -134,7 +137,7 @@ impl Admin {
         // The control task stored the snapshot before replying: this load sees the change.
         let snap = self.snapshot.load();
         let a = snap.app(&app).ok_or(ControlError::UnknownApp(app))?;
-        let mut body = view::app(a);
+        let mut body = view::app(a, &self.sync);
         body["changed"] = json!(outcome.changed);
         Ok(with_etag(json_response(StatusCode::OK, &body), outcome.revision))
     }

@@ -30,6 +30,56 @@ pub struct Config {
     pub listeners: BTreeMap<String, ListenerConfig>,
     /// Applications by name (`[apps.my-app]`).
     pub apps: BTreeMap<String, AppConfig>,
+    /// How to reach the Kubernetes API, for versions that use `discovery`.
+    #[serde(default)]
+    pub kubernetes: KubernetesConfig,
+}
+
+/// `[kubernetes]`: the API client used by discovery. With neither field set, Weir uses the
+/// in-cluster service account, else `$KUBECONFIG` / `~/.kube/config`.
+#[derive(Debug, Clone, PartialEq, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct KubernetesConfig {
+    /// Explicit API server URL, e.g. `http://127.0.0.1:8001` behind `kubectl proxy`.
+    #[serde(default)]
+    pub api_url: Option<String>,
+    /// Path of a kubeconfig file to use instead of the in-cluster account.
+    #[serde(default)]
+    pub kubeconfig: Option<std::path::PathBuf>,
+}
+
+/// `discovery`: where a version's endpoints come from in Kubernetes. Exactly one of `service`
+/// and `selector`.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct DiscoveryConfig {
+    /// Namespace to watch. Default `default`.
+    #[serde(default = "default_namespace")]
+    pub namespace: String,
+    /// A Service whose EndpointSlices (`kubernetes.io/service-name=<service>`) list the pods.
+    #[serde(default)]
+    pub service: Option<String>,
+    /// A label selector for Pods, e.g. `app=my-app,version=v2.0.0`.
+    #[serde(default)]
+    pub selector: Option<String>,
+    /// The port: a number, or a port name (an EndpointSlice port or a container port).
+    /// Default: the only port listed.
+    #[serde(default)]
+    pub port: Option<PortRef>,
+}
+
+/// A port by number or by name.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Deserialize, Serialize)]
+#[serde(untagged)]
+pub enum PortRef {
+    /// A port number.
+    Number(u16),
+    /// A port name.
+    Name(String),
+}
+
+fn default_namespace() -> String {
+    "default".into()
 }
 
 /// `[admin]`: where the admin API listens and how much history it keeps.
@@ -281,8 +331,12 @@ pub enum Balance {
 #[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct VersionConfig {
-    /// Static endpoints of this version (standalone mode). At least one.
+    /// Static endpoints of this version (standalone mode). Either these or `discovery`.
+    #[serde(default)]
     pub endpoints: Vec<EndpointConfig>,
+    /// Endpoints discovered from Kubernetes instead of listed.
+    #[serde(default)]
+    pub discovery: Option<DiscoveryConfig>,
     /// This version's probe, replacing the app's `probe` as a whole.
     #[serde(default)]
     pub probe: Option<ProbeConfig>,

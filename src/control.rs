@@ -13,10 +13,11 @@ use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 
 use crate::config::{self, Config, Problem, validate_weights};
+use crate::discovery::{Discovered, PoolKey};
 use crate::health::Health;
 use crate::metrics::Metrics;
 use crate::revision::{Cause, History, Revision};
-use crate::snapshot::{self, Snapshot, SplitState};
+use crate::snapshot::{self, DiscoveredPools, Snapshot, SplitState};
 
 /// A requested change of one app's split.
 #[derive(Debug, Clone)]
@@ -131,6 +132,7 @@ pub struct Control {
     snapshot: Arc<ArcSwap<Snapshot>>,
     metrics: Metrics,
     health: Option<Health>,
+    discovered: DiscoveredPools,
 }
 
 impl Control {
@@ -152,6 +154,7 @@ impl Control {
             config,
             config_path: None,
             health: None,
+            discovered: DiscoveredPools::new(),
         };
         control.publish();
         control
@@ -170,6 +173,14 @@ impl Control {
         let started = health.sync(&self.snapshot.load());
         self.health = Some(health);
         started
+    }
+
+    /// Replaces the discovered endpoints of one pool and rebuilds the snapshot.
+    pub fn set_discovered(&mut self, key: PoolKey, endpoints: Vec<Discovered>) {
+        if self.discovered.get(&key) != Some(&endpoints) {
+            self.discovered.insert(key, endpoints);
+            self.publish();
+        }
     }
 
     /// Re-reads the config file and applies it.
@@ -204,6 +215,9 @@ impl Control {
         }
         if new.runtime != self.config.runtime {
             problems.push(restart("runtime"));
+        }
+        if new.kubernetes != self.config.kubernetes || discovery_of(&new) != discovery_of(&self.config) {
+            problems.push(restart("discovery"));
         }
         if !problems.is_empty() {
             let message = problems.iter().map(|p| p.to_string()).collect::<Vec<_>>().join("\n");
@@ -318,7 +332,14 @@ impl Control {
             })
             .collect();
         let prev = self.snapshot.load_full();
-        let next = Arc::new(snapshot::build(&self.config, &splits, Some(&prev), &self.metrics, prev.generation + 1));
+        let next = Arc::new(snapshot::build(
+            &self.config,
+            &splits,
+            &self.discovered,
+            Some(&prev),
+            &self.metrics,
+            prev.generation + 1,
+        ));
         for app in next.apps.iter() {
             let weights: Vec<(&str, u32)> = app.weights().collect();
             self.metrics.set_split(&app.name, &weights, app.revision);
@@ -329,6 +350,19 @@ impl Control {
             health.sync(&next);
         }
     }
+}
+
+/// Every (app, version) that uses discovery, with its source.
+pub fn discovery_of(config: &Config) -> BTreeMap<PoolKey, config::DiscoveryConfig> {
+    let mut out = BTreeMap::new();
+    for (app, a) in &config.apps {
+        for (version, v) in &a.versions {
+            if let Some(d) = &v.discovery {
+                out.insert((app.clone(), version.clone()), d.clone());
+            }
+        }
+    }
+    out
 }
 
 /// The weights a config's split gives every version of `app` (absent = 0).
@@ -367,6 +401,8 @@ pub enum Command {
     History(String, oneshot::Sender<Result<Vec<Revision>, ControlError>>),
     /// Re-read and apply the config file.
     Reload(oneshot::Sender<Result<Reloaded, ReloadError>>),
+    /// A discovery source's new endpoint list for one pool.
+    Discovered(PoolKey, Vec<Discovered>, oneshot::Sender<()>),
 }
 
 /// Sends commands to the control task. Cheap to clone.
@@ -389,6 +425,13 @@ impl ControlHandle {
         let closed = || ReloadError::Invalid { message: "weir is shutting down".into(), problems: Vec::new() };
         self.tx.send(Command::Reload(tx)).await.map_err(|_| closed())?;
         rx.await.map_err(|_| closed())?
+    }
+
+    /// Hands a pool's discovered endpoints to the control task; returns once they are stored.
+    pub async fn discovered(&self, key: PoolKey, endpoints: Vec<Discovered>) -> Result<(), ControlError> {
+        let (tx, rx) = oneshot::channel();
+        self.tx.send(Command::Discovered(key, endpoints, tx)).await.map_err(|_| ControlError::Closed)?;
+        rx.await.map_err(|_| ControlError::Closed)
     }
 
     /// An app's kept revisions.
@@ -414,6 +457,10 @@ pub fn spawn(mut control: Control, cancel: CancellationToken) -> (ControlHandle,
                 }
                 Command::History(app, reply) => {
                     let _ = reply.send(control.history(&app));
+                }
+                Command::Discovered(key, endpoints, reply) => {
+                    control.set_discovered(key, endpoints);
+                    let _ = reply.send(());
                 }
                 Command::Reload(reply) => {
                     let result = control.reload_file();

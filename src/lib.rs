@@ -11,6 +11,7 @@ pub mod admin;
 pub mod config;
 pub mod control;
 pub mod demo;
+pub mod discovery;
 pub mod health;
 pub mod listener;
 pub mod metrics;

@@ -52,6 +52,7 @@ pub struct Metrics {
     spills: IntCounterVec,
     probes: IntCounterVec,
     endpoint_healthy: IntGaugeVec,
+    discovery: [IntCounterVec; 3],
     /// Requests whose host matched no app (`weir_unrouted_requests_total`).
     pub unrouted: IntCounter,
 }
@@ -155,6 +156,19 @@ impl Metrics {
             &["app", "version", "endpoint"],
         )
         .expect("valid metric");
+        let discovery = [
+            counter("weir_discovery_events_total", "Watch events received from Kubernetes.", &["app", "version"]),
+            counter(
+                "weir_discovery_errors_total",
+                "Errors from the Kubernetes API while watching.",
+                &["app", "version"],
+            ),
+            counter(
+                "weir_discovery_restarts_total",
+                "Watchers rebuilt (fresh list) after repeated errors or an HTTP 410.",
+                &["app", "version"],
+            ),
+        ];
         for c in [
             Box::new(requests.clone()) as Box<dyn prometheus::core::Collector>,
             Box::new(latency.clone()),
@@ -168,6 +182,9 @@ impl Metrics {
             Box::new(spills.clone()),
             Box::new(probes.clone()),
             Box::new(endpoint_healthy.clone()),
+            Box::new(discovery[0].clone()),
+            Box::new(discovery[1].clone()),
+            Box::new(discovery[2].clone()),
         ] {
             registry.register(c).expect("metric names are unique");
         }
@@ -184,6 +201,7 @@ impl Metrics {
             spills,
             probes,
             endpoint_healthy,
+            discovery,
             unrouted,
         }
     }
@@ -201,6 +219,13 @@ impl Metrics {
             spilled: self.spills.with_label_values(&[app, version]),
             probes: ["pass", "fail"].map(|r| self.probes.with_label_values(&[app, version, r])),
         }
+    }
+
+    /// Discovery counters of one pool: events, errors, watcher restarts.
+    pub fn discovery(&self, app: &str, version: &str) -> (IntCounter, IntCounter, IntCounter) {
+        let [a, b, c] = &self.discovery;
+        let l = [app, version];
+        (a.with_label_values(&l), b.with_label_values(&l), c.with_label_values(&l))
     }
 
     /// Handle for one endpoint's health gauge.

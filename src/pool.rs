@@ -17,6 +17,8 @@ use crate::config::Balance;
 /// Why an endpoint takes no new requests: bits of [`EndpointState`]'s `down` flags.
 const PROBE_DOWN: u8 = 1;
 const EJECTED: u8 = 2;
+/// Discovery says not ready, or terminating (draining).
+const NOT_READY: u8 = 4;
 
 /// Shared, mutable state of one endpoint.
 ///
@@ -24,7 +26,7 @@ const EJECTED: u8 = 2;
 /// on failures, or by the admin API.
 #[derive(Debug)]
 pub struct EndpointState {
-    /// `PROBE_DOWN | EJECTED` bits; healthy when zero.
+    /// `PROBE_DOWN | EJECTED | NOT_READY` bits; healthy when zero.
     down: AtomicU8,
     /// Requests sent to this endpoint whose response has not finished.
     in_flight: AtomicU32,
@@ -85,6 +87,18 @@ impl EndpointState {
     /// Whether any probe ever passed (or none was needed).
     pub fn ever_up(&self) -> bool {
         self.ever_up.load(Ordering::Relaxed)
+    }
+    /// Whether discovery reports it ready (always true for static endpoints).
+    pub fn is_ready(&self) -> bool {
+        self.down.load(Ordering::Relaxed) & NOT_READY == 0
+    }
+    /// Sets discovery's readiness (ready, or not ready/terminating).
+    pub fn set_ready(&self, ready: bool) {
+        if ready {
+            self.down.fetch_and(!NOT_READY, Ordering::Relaxed);
+        } else {
+            self.down.fetch_or(NOT_READY, Ordering::Relaxed);
+        }
     }
     /// Sets the probe verdict; returns whether it changed.
     pub fn set_probe_up(&self, up: bool) -> bool {

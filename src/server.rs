@@ -12,6 +12,7 @@ use tokio_util::task::TaskTracker;
 use crate::admin::Admin;
 use crate::config::Config;
 use crate::control::{self, Control, ControlHandle};
+use crate::discovery::{PoolKey, SyncState};
 use crate::health;
 use crate::listener;
 use crate::metrics::Metrics;
@@ -21,6 +22,9 @@ use crate::snapshot::Snapshot;
 /// Errors of starting.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
+    /// Discovery is configured but cannot start.
+    #[error("{0}")]
+    Discovery(String),
     /// A socket could not be bound.
     #[error("cannot listen on {addr} ({what}): {source}")]
     Bind {
@@ -46,6 +50,8 @@ pub struct Running {
     pub snapshot: Arc<ArcSwap<Snapshot>>,
     /// The metrics registry.
     pub metrics: Metrics,
+    /// Whether every discovered pool has synced.
+    pub sync: Arc<SyncState>,
     ready: Arc<AtomicBool>,
     traffic_cancel: CancellationToken,
     traffic: TaskTracker,
@@ -93,8 +99,12 @@ pub async fn start_with(config: Config, path: Option<std::path::PathBuf>) -> Res
         health::first_results(first, limit).await;
     }
     let (control, control_task) = control::spawn(control, control_cancel.clone());
+    let pools = control::discovery_of(&config);
+    let sync = Arc::new(SyncState::new(pools.keys().cloned()));
+    start_discovery(&config, pools, &control, &sync, &metrics, &control_cancel).await?;
     let admin_addr = admin_socket.local_addr().expect("bound socket has an address");
-    let admin = Admin::new(Arc::clone(&snapshot), control.clone(), metrics.clone(), Arc::clone(&ready));
+    let admin =
+        Admin::new(Arc::clone(&snapshot), control.clone(), metrics.clone(), Arc::clone(&ready), Arc::clone(&sync));
     let admin_handler = move |req, client| admin.clone().handle(req, client);
     let admin_task = tokio::spawn(listener::serve(admin_socket, admin_handler, admin_cancel.clone(), grace));
 
@@ -109,10 +119,28 @@ pub async fn start_with(config: Config, path: Option<std::path::PathBuf>) -> Res
             let proxy = proxy.clone();
             async move { proxy.handle(req, client).await }
         };
-        traffic.spawn(listener::serve(socket, handler, traffic_cancel.clone(), grace));
+        // Bound now, accepting once discovery has listed every pool: connections wait in the
+        // backlog rather than meet an empty table.
+        let (sync, cancel) = (Arc::clone(&sync), traffic_cancel.clone());
+        traffic.spawn(async move {
+            tokio::select! {
+                () = sync.wait() => listener::serve(socket, handler, cancel, grace).await,
+                () = cancel.cancelled() => {}
+            }
+        });
     }
     tracing::info!(%admin_addr, "admin API listening");
-    ready.store(true, Ordering::Release);
+    if sync.all_synced() {
+        ready.store(true, Ordering::Release);
+    } else {
+        tracing::info!("waiting for Kubernetes discovery to list every pool before serving");
+        let (sync, ready) = (Arc::clone(&sync), Arc::clone(&ready));
+        tokio::spawn(async move {
+            sync.wait().await;
+            tracing::info!("discovery synced; serving");
+            ready.store(true, Ordering::Release);
+        });
+    }
     traffic.close();
     Ok(Running {
         listeners,
@@ -120,6 +148,7 @@ pub async fn start_with(config: Config, path: Option<std::path::PathBuf>) -> Res
         control,
         snapshot,
         metrics,
+        sync,
         ready,
         traffic_cancel,
         traffic,
@@ -154,4 +183,41 @@ fn probe_timeouts(config: &Config) -> std::time::Duration {
         .map(|p| p.timeout)
         .max()
         .unwrap_or_default()
+}
+
+/// Starts one watcher per discovered pool.
+async fn start_discovery(
+    config: &Config,
+    pools: BTreeMap<PoolKey, crate::config::DiscoveryConfig>,
+    control: &ControlHandle,
+    sync: &Arc<SyncState>,
+    metrics: &Metrics,
+    cancel: &CancellationToken,
+) -> Result<(), Error> {
+    if pools.is_empty() {
+        return Ok(());
+    }
+    #[cfg(feature = "kubernetes")]
+    {
+        let client =
+            crate::discovery::kube::client(&config.kubernetes).await.map_err(|e| Error::Discovery(e.to_string()))?;
+        for (key, cfg) in pools {
+            tracing::info!(app = %key.0, version = %key.1, source = ?cfg, "watching Kubernetes for endpoints");
+            tokio::spawn(crate::discovery::kube::watch(
+                client.clone(),
+                key,
+                cfg,
+                control.clone(),
+                Arc::clone(sync),
+                metrics.clone(),
+                cancel.child_token(),
+            ));
+        }
+        Ok(())
+    }
+    #[cfg(not(feature = "kubernetes"))]
+    {
+        let _ = (config, control, sync, metrics, cancel);
+        Err(Error::Discovery("this weir was built without the `kubernetes` feature; discovery is unavailable".into()))
+    }
 }

@@ -8,6 +8,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 
 use crate::config::{AppConfig, Config, OutlierConfig, ProbeConfig, RetryConfig, VersionDown};
+use crate::discovery::{Discovered, PoolKey};
 use crate::metrics::{Metrics, VersionMetrics};
 use crate::pool::{Endpoint, EndpointState, Pool};
 use crate::split::Split;
@@ -78,6 +79,8 @@ pub struct Version {
     pub metrics: VersionMetrics,
     /// The active probe of its endpoints, if any.
     pub probe: Option<ProbeConfig>,
+    /// Where its endpoints come from, when discovered.
+    pub discovery: Option<crate::config::DiscoveryConfig>,
 }
 
 impl Snapshot {
@@ -145,10 +148,15 @@ impl App {
     }
 }
 
-/// Builds the next snapshot. `splits` holds the current split of every app in `config`.
+/// Discovered endpoints per (app, version), for versions that use discovery.
+pub type DiscoveredPools = BTreeMap<PoolKey, Vec<Discovered>>;
+
+/// Builds the next snapshot. `splits` holds the current split of every app in `config`;
+/// `discovered` the endpoints of versions that use discovery (none yet: an empty pool).
 pub fn build(
     config: &Config,
     splits: &BTreeMap<String, SplitState>,
+    discovered: &DiscoveredPools,
     prev: Option<&Snapshot>,
     metrics: &Metrics,
     generation: u64,
@@ -158,7 +166,7 @@ pub fn build(
         .iter()
         .map(|(name, app)| {
             let prev_app = prev.and_then(|p| p.app(name));
-            build_app(name, app, &splits[name], prev_app, metrics)
+            build_app(name, app, &splits[name], discovered, prev_app, metrics)
         })
         .collect();
     let listeners = config
@@ -180,25 +188,39 @@ pub fn build(
     Snapshot { generation, apps, listeners }
 }
 
-fn build_app(name: &str, app: &AppConfig, split: &SplitState, prev: Option<&App>, metrics: &Metrics) -> App {
+fn build_app(
+    name: &str,
+    app: &AppConfig,
+    split: &SplitState,
+    discovered: &DiscoveredPools,
+    prev: Option<&App>,
+    metrics: &Metrics,
+) -> App {
     let versions: Box<[Version]> = app
         .versions
         .iter()
         .map(|(vname, v)| {
             let prev_pool = prev.and_then(|p| p.versions.iter().find(|pv| &*pv.name == vname));
             let probe = app.probe_for(vname).cloned();
-            let endpoints = v
-                .endpoints
-                .iter()
-                .map(|ep| {
-                    let ep_name = ep.display_name();
+            // Static and discovered endpoints take one path: (name, address, ready).
+            let listed: Vec<(String, std::net::SocketAddr, bool)> = match &v.discovery {
+                None => v.endpoints.iter().map(|e| (e.display_name(), e.addr, true)).collect(),
+                Some(_) => discovered
+                    .get(&(name.to_string(), vname.clone()))
+                    .map(|d| d.iter().map(|e| (e.name.clone(), e.addr, e.ready)).collect())
+                    .unwrap_or_default(),
+            };
+            let endpoints = listed
+                .into_iter()
+                .map(|(ep_name, addr, ready)| {
                     // Same address in the same version: the same endpoint, keep its state
                     // and its warm connections (unless the timeouts changed).
-                    let prev_ep = prev_pool.and_then(|p| p.pool.endpoints().iter().find(|e| e.addr == ep.addr));
+                    let prev_ep = prev_pool.and_then(|p| p.pool.endpoints().iter().find(|e| e.addr == addr));
                     // New endpoints wait for their first passing probe, if probed.
                     let state = prev_ep
                         .map(|e| Arc::clone(&e.state))
                         .unwrap_or_else(|| Arc::new(EndpointState::new(probe.is_some())));
+                    state.set_ready(ready);
                     let client = prev_ep
                         .filter(|e| e.client.timeouts == app.timeouts)
                         .map(|e| e.client.clone())
@@ -210,8 +232,8 @@ fn build_app(name: &str, app: &AppConfig, split: &SplitState, prev: Option<&App>
                         healthy_gauge,
                         client,
                         name: ep_name.into(),
-                        addr: ep.addr,
-                        authority: ep.addr.to_string().parse().expect("a socket address is an authority"),
+                        addr,
+                        authority: addr.to_string().parse().expect("a socket address is an authority"),
                         state,
                     }
                 })
@@ -222,6 +244,7 @@ fn build_app(name: &str, app: &AppConfig, split: &SplitState, prev: Option<&App>
                 pool: Pool::new(endpoints, app.balance),
                 metrics: metrics.version(name, vname),
                 probe,
+                discovery: v.discovery.clone(),
             }
         })
         .collect();

@@ -2,10 +2,11 @@
 
 use serde_json::{Value, json};
 
+use crate::discovery::SyncState;
 use crate::snapshot::App;
 
 /// An app: revision, weights, and each version's endpoints with their health and load.
-pub fn app(app: &App) -> Value {
+pub fn app(app: &App, sync: &SyncState) -> Value {
     let total = app.split.total() as f64;
     let versions: Vec<Value> = app
         .versions
@@ -30,6 +31,7 @@ pub fn app(app: &App) -> Value {
                         "name": &*e.name,
                         "addr": e.addr.to_string(),
                         "healthy": e.state.is_healthy(),
+                        "ready": e.state.is_ready(),
                         "ejected": e.state.is_ejected(),
                         "times_ejected": e.state.times_ejected(),
                         "in_flight": e.state.in_flight(),
@@ -46,6 +48,13 @@ pub fn app(app: &App) -> Value {
                 // With no healthy endpoint, this version's share spills to the others (or
                 // fails with 503 when the app says `on_version_down = "fail"`).
                 "available": v.pool.has_healthy(),
+                "source": match &v.discovery {
+                    None => json!("static"),
+                    Some(d) => json!({
+                        "kubernetes": d,
+                        "status": sync.status(&(app.name.to_string(), v.name.to_string())),
+                    }),
+                },
                 "endpoints": endpoints,
             })
         })

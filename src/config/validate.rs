@@ -166,6 +166,23 @@ fn validate_probe(field: &str, p: &super::ProbeConfig, out: &mut Vec<Problem>) {
     }
 }
 
+fn validate_discovery(field: &str, d: &super::DiscoveryConfig, out: &mut Vec<Problem>) {
+    match (&d.service, &d.selector) {
+        (None, None) | (Some(_), Some(_)) => {
+            out.push(problem(field, "give exactly one of service (EndpointSlices) and selector (Pods)"))
+        }
+        (Some(s), None) if s.is_empty() => out.push(problem(format!("{field}.service"), "must not be empty")),
+        (None, Some(s)) if s.trim().is_empty() => out.push(problem(format!("{field}.selector"), "must not be empty")),
+        _ => {}
+    }
+    if d.namespace.is_empty() {
+        out.push(problem(format!("{field}.namespace"), "must not be empty"));
+    }
+    if d.port == Some(super::PortRef::Number(0)) {
+        out.push(problem(format!("{field}.port"), "port 0 is not reachable"));
+    }
+}
+
 fn validate_versions(app_name: &str, app: &super::AppConfig, out: &mut Vec<Problem>) {
     let field = format!("apps.{app_name}.versions");
     if app.versions.is_empty() {
@@ -177,8 +194,15 @@ fn validate_versions(app_name: &str, app: &super::AppConfig, out: &mut Vec<Probl
         if let Err(m) = validate_name(version) {
             out.push(problem(&vfield, m));
         }
-        if v.endpoints.is_empty() {
-            out.push(problem(format!("{vfield}.endpoints"), "at least one endpoint is required"));
+        match (&v.discovery, v.endpoints.is_empty()) {
+            (None, true) => {
+                out.push(problem(format!("{vfield}.endpoints"), "at least one endpoint is required (or use discovery)"))
+            }
+            (Some(_), false) => {
+                out.push(problem(format!("{vfield}.discovery"), "use either endpoints or discovery, not both"))
+            }
+            (Some(d), true) => validate_discovery(&format!("{vfield}.discovery"), d, out),
+            (None, false) => {}
         }
         let mut names = HashSet::new();
         for (i, ep) in v.endpoints.iter().enumerate() {

@@ -37,7 +37,7 @@ fn splits(config: &Config) -> BTreeMap<String, SplitState> {
 #[test]
 fn routes_by_host_with_default() {
     let config = Config::parse(CONFIG, "test").unwrap();
-    let snap = build(&config, &splits(&config), None, &Metrics::new(), 1);
+    let snap = build(&config, &splits(&config), &Default::default(), None, &Metrics::new(), 1);
     assert_eq!(&*snap.route(0, Some("api.example.com")).unwrap().name, "api");
     assert_eq!(&*snap.route(0, Some("API.Example.COM:8080")).unwrap().name, "api");
     assert_eq!(&*snap.route(0, Some("other")).unwrap().name, "web");
@@ -50,7 +50,7 @@ fn routes_by_host_with_default() {
 #[test]
 fn weights_align_with_versions() {
     let config = Config::parse(CONFIG, "test").unwrap();
-    let snap = build(&config, &splits(&config), None, &Metrics::new(), 1);
+    let snap = build(&config, &splits(&config), &Default::default(), None, &Metrics::new(), 1);
     let web = snap.app("web").unwrap();
     assert_eq!(web.weights().collect::<Vec<_>>(), [("v1", 90), ("v2", 10)]);
     assert_eq!(web.split.total(), 100);
@@ -62,14 +62,14 @@ fn weights_align_with_versions() {
 fn rebuild_keeps_endpoint_state_and_upstream() {
     let config = Config::parse(CONFIG, "test").unwrap();
     let metrics = Metrics::new();
-    let first = build(&config, &splits(&config), None, &metrics, 1);
+    let first = build(&config, &splits(&config), &Default::default(), None, &metrics, 1);
     let ep = &first.app("web").unwrap().versions[0].pool.endpoints()[0];
     ep.state.set_healthy(false);
 
     let mut next = splits(&config);
     next.get_mut("web").unwrap().weights.insert("v2".into(), 50);
     next.get_mut("web").unwrap().revision = 2;
-    let second = build(&config, &next, Some(&first), &metrics, 2);
+    let second = build(&config, &next, &Default::default(), Some(&first), &metrics, 2);
     let web = second.app("web").unwrap();
     assert_eq!(web.revision, 2);
     assert_eq!(web.versions[1].weight, 50);
@@ -83,7 +83,7 @@ fn rebuild_keeps_endpoint_state_and_upstream() {
     let web_cfg = changed.apps.get_mut("web").unwrap();
     web_cfg.timeouts.connect = std::time::Duration::from_millis(5);
     web_cfg.versions.get_mut("v1").unwrap().endpoints[0].addr = "127.0.0.1:1009".parse().unwrap();
-    let third = build(&changed, &next, Some(&second), &metrics, 3);
+    let third = build(&changed, &next, &Default::default(), Some(&second), &metrics, 3);
     let web3 = third.app("web").unwrap();
     let kept2 = &web3.versions[0].pool.endpoints()[1];
     assert!(!kept2.client.same_pool(&web.versions[0].pool.endpoints()[1].client), "new timeouts, new pool");
