@@ -97,7 +97,7 @@ fn pod(name: &str, ip: Option<&str>, ready: bool, deleting: bool) -> Pod {
         metadata: ObjectMeta {
             name: Some(name.into()),
             namespace: Some("default".into()),
-            deletion_timestamp: deleting.then(|| Time(k8s_openapi::jiff::Timestamp::UNIX_EPOCH)),
+            deletion_timestamp: deleting.then_some(Time(k8s_openapi::jiff::Timestamp::UNIX_EPOCH)),
             ..Default::default()
         },
         spec: Some(PodSpec {
