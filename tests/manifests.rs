@@ -1,0 +1,162 @@
+//! The Kubernetes manifests parse into their k8s-openapi types and agree with each other and
+//! with Weir: selectors match pod labels, RBAC grants exactly what the watcher reads, probes hit
+//! the admin API, and the ConfigMap's weir.toml passes `weir check`.
+#![cfg(feature = "kubernetes")]
+
+use std::collections::BTreeMap;
+
+use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::core::v1::{ConfigMap, Service, ServiceAccount};
+use k8s_openapi::api::rbac::v1::{Role, RoleBinding};
+use serde::Deserialize;
+
+#[derive(Default)]
+struct Manifests {
+    deployments: Vec<Deployment>,
+    services: Vec<Service>,
+    config_maps: Vec<ConfigMap>,
+    roles: Vec<Role>,
+    bindings: Vec<RoleBinding>,
+    accounts: Vec<ServiceAccount>,
+}
+
+fn load() -> Manifests {
+    let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/docker/kubernetes");
+    let mut m = Manifests::default();
+    let mut files = 0;
+    for entry in std::fs::read_dir(dir).unwrap() {
+        let path = entry.unwrap().path();
+        if path.extension().is_none_or(|e| e != "yaml") {
+            continue;
+        }
+        files += 1;
+        let text = std::fs::read_to_string(&path).unwrap();
+        for doc in serde_yaml::Deserializer::from_str(&text) {
+            let value = serde_yaml::Value::deserialize(doc).unwrap();
+            let kind = value["kind"].as_str().unwrap_or_else(|| panic!("{}: a document without kind", path.display()));
+            let at = format!("{}: {kind}", path.display());
+            match kind {
+                "Deployment" => m.deployments.push(typed(value, &at)),
+                "Service" => m.services.push(typed(value, &at)),
+                "ConfigMap" => m.config_maps.push(typed(value, &at)),
+                "Role" => m.roles.push(typed(value, &at)),
+                "RoleBinding" => m.bindings.push(typed(value, &at)),
+                "ServiceAccount" => m.accounts.push(typed(value, &at)),
+                other => panic!("{}: unexpected kind {other}", path.display()),
+            }
+        }
+    }
+    assert!(files >= 2, "weir.yaml and demo-app.yaml");
+    m
+}
+
+/// Deserializes into the k8s-openapi type: a mistyped field fails here (unknown ones are
+/// ignored, as by the API server's non-strict decoding).
+fn typed<T: serde::de::DeserializeOwned>(value: serde_yaml::Value, at: &str) -> T {
+    serde_yaml::from_value(value).unwrap_or_else(|e| panic!("{at}: {e}"))
+}
+
+fn pod_labels(d: &Deployment) -> BTreeMap<String, String> {
+    d.spec.as_ref().unwrap().template.metadata.as_ref().unwrap().labels.clone().unwrap_or_default()
+}
+
+fn selects(selector: &BTreeMap<String, String>, labels: &BTreeMap<String, String>) -> bool {
+    !selector.is_empty() && selector.iter().all(|(k, v)| labels.get(k) == Some(v))
+}
+
+#[test]
+fn deployments_and_services_select_the_pods_they_mean() {
+    let m = load();
+    for d in &m.deployments {
+        let spec = d.spec.as_ref().unwrap();
+        let match_labels = spec.selector.match_labels.clone().unwrap_or_default();
+        assert!(
+            selects(&match_labels, &pod_labels(d)),
+            "{:?}: selector does not match its pod template",
+            d.metadata.name
+        );
+    }
+    for s in &m.services {
+        let selector = s.spec.as_ref().unwrap().selector.clone().unwrap_or_default();
+        let matched: Vec<_> = m.deployments.iter().filter(|d| selects(&selector, &pod_labels(d))).collect();
+        assert_eq!(matched.len(), 1, "Service {:?} should select exactly one Deployment's pods", s.metadata.name);
+        // Named target ports exist on the selected pods.
+        let containers = &matched[0].spec.as_ref().unwrap().template.spec.as_ref().unwrap().containers;
+        for port in s.spec.as_ref().unwrap().ports.iter().flatten() {
+            if let Some(k8s_openapi::apimachinery::pkg::util::intstr::IntOrString::String(name)) = &port.target_port {
+                assert!(
+                    containers.iter().flat_map(|c| c.ports.iter().flatten()).any(|p| p.name.as_deref() == Some(name)),
+                    "Service {:?} targets a port {name} its pods do not name",
+                    s.metadata.name
+                );
+            }
+        }
+    }
+}
+
+#[test]
+fn rbac_grants_exactly_what_the_watcher_reads() {
+    let m = load();
+    let weir = m.deployments.iter().find(|d| d.metadata.name.as_deref() == Some("weir")).unwrap();
+    let account = weir.spec.as_ref().unwrap().template.spec.as_ref().unwrap().service_account_name.clone().unwrap();
+    assert!(m.accounts.iter().any(|a| a.metadata.name.as_deref() == Some(account.as_str())));
+    let binding = m
+        .bindings
+        .iter()
+        .find(|b| b.subjects.iter().flatten().any(|s| s.kind == "ServiceAccount" && s.name == account))
+        .expect("a RoleBinding for weir's ServiceAccount");
+    let role = m.roles.iter().find(|r| r.metadata.name.as_deref() == Some(binding.role_ref.name.as_str())).unwrap();
+    let mut grants: Vec<(String, String, Vec<String>)> = Vec::new();
+    for rule in role.rules.iter().flatten() {
+        for group in rule.api_groups.iter().flatten() {
+            for resource in rule.resources.iter().flatten() {
+                let mut verbs = rule.verbs.clone();
+                verbs.sort();
+                grants.push((group.clone(), resource.clone(), verbs));
+            }
+        }
+    }
+    grants.sort();
+    let watch = vec!["get".to_string(), "list".into(), "watch".into()];
+    assert_eq!(
+        grants,
+        [
+            ("".to_string(), "pods".to_string(), watch.clone()),
+            ("discovery.k8s.io".into(), "endpointslices".into(), watch)
+        ],
+        "read-only access to exactly the two resources discovery watches"
+    );
+}
+
+#[test]
+fn weir_probes_use_the_admin_api_and_its_config_passes_check() {
+    let m = load();
+    let weir = m.deployments.iter().find(|d| d.metadata.name.as_deref() == Some("weir")).unwrap();
+    let container = &weir.spec.as_ref().unwrap().template.spec.as_ref().unwrap().containers[0];
+    let path =
+        |p: &Option<k8s_openapi::api::core::v1::Probe>| p.as_ref().unwrap().http_get.as_ref().unwrap().path.clone();
+    assert_eq!(path(&container.liveness_probe).as_deref(), Some("/live"));
+    assert_eq!(path(&container.readiness_probe).as_deref(), Some("/ready"));
+
+    let cm = m.config_maps.iter().find(|c| c.metadata.name.as_deref() == Some("weir-config")).unwrap();
+    let text = &cm.data.as_ref().unwrap()["weir.toml"];
+    let config = weir::Config::parse(text, "ConfigMap weir-config").unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(config.admin.addr.port(), 9901);
+    let admin_port = container.ports.iter().flatten().find(|p| p.name.as_deref() == Some("admin")).unwrap();
+    assert_eq!(admin_port.container_port, 9901);
+    // Every Service the config discovers exists, and its port name is one the Service names.
+    for app in config.apps.values() {
+        for v in app.versions.values() {
+            let d = v.discovery.as_ref().expect("in-cluster versions are discovered");
+            let service = d.service.as_deref().unwrap();
+            let s = m
+                .services
+                .iter()
+                .find(|s| s.metadata.name.as_deref() == Some(service))
+                .unwrap_or_else(|| panic!("no Service {service}"));
+            if let Some(weir::config::PortRef::Name(name)) = &d.port {
+                assert!(s.spec.as_ref().unwrap().ports.iter().flatten().any(|p| p.name.as_deref() == Some(name)));
+            }
+        }
+    }
+}
