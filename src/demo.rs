@@ -14,9 +14,10 @@ use crate::proxy::ResponseBody;
 /// The config `weir demo` runs (`config/demo.toml`).
 pub const DEMO_CONFIG: &str = include_str!("../config/demo.toml");
 
-/// Starts a demo backend on `addr`: `/live` and `/ready` answer `ok`, every other path
-/// answers `Host: <name>, Version: <version>\n`. Returns the bound address; serves until
-/// `cancel` fires.
+/// Starts a demo backend on `addr`: `/live` and `/ready` answer `ok`, `/__weir/hits` the
+/// number of other requests served so far (benchmarks read it to measure the split), every
+/// other path answers `Host: <name>, Version: <version>\n`. Returns the bound address; serves
+/// until `cancel` fires.
 pub async fn spawn_backend(
     addr: SocketAddr,
     name: &str,
@@ -25,11 +26,16 @@ pub async fn spawn_backend(
 ) -> std::io::Result<SocketAddr> {
     let socket = listener::bind(addr).await?;
     let bound = socket.local_addr()?;
-    let hello: Arc<str> = format!("Host: {name}, Version: {version}\n").into();
+    let hello = bytes::Bytes::from(format!("Host: {name}, Version: {version}\n"));
+    let hits = Arc::new(std::sync::atomic::AtomicU64::new(0));
     let handler = move |req: http::Request<hyper::body::Incoming>, _client| {
         let body = match req.uri().path() {
-            "/live" | "/ready" => "ok\n".into(),
-            _ => hello.to_string(),
+            "/live" | "/ready" => bytes::Bytes::from_static(b"ok\n"),
+            "/__weir/hits" => format!("{}\n", hits.load(std::sync::atomic::Ordering::Relaxed)).into(),
+            _ => {
+                hits.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                hello.clone()
+            }
         };
         async move {
             let mut resp = Response::new(ResponseBody::local(body));

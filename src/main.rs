@@ -46,11 +46,11 @@ enum Command {
         #[arg(long, short)]
         config: PathBuf,
     },
-    /// Run one demo backend (for benchmarks and your own experiments).
+    /// Run a demo backend on one or more addresses (for benchmarks and your own experiments).
     Backend {
-        /// Address to listen on.
-        #[arg(long)]
-        addr: SocketAddr,
+        /// Address to listen on (repeat for several).
+        #[arg(long, required = true)]
+        addr: Vec<SocketAddr>,
         /// Name it reports as `Host:`.
         #[arg(long, default_value = "backend")]
         name: String,
@@ -105,8 +105,10 @@ fn run(command: Command) -> Result<ExitCode> {
         }),
         Command::Backend { addr, name, version } => runtime(0)?.block_on(async move {
             let cancel = CancellationToken::new();
-            let bound = weir::demo::spawn_backend(addr, &name, &version, cancel.clone()).await?;
-            println!("backend {name} ({version}) on http://{bound}");
+            for addr in addr {
+                let bound = weir::demo::spawn_backend(addr, &name, &version, cancel.clone()).await?;
+                println!("backend {name} ({version}) on http://{bound}");
+            }
             shutdown_signal().await?;
             cancel.cancel();
             Ok(ExitCode::SUCCESS)
