@@ -117,10 +117,17 @@ fn run(command: Command) -> Result<ExitCode> {
 }
 
 fn runtime(workers: usize) -> Result<tokio::runtime::Runtime> {
-    let mut b = tokio::runtime::Builder::new_multi_thread();
-    if workers > 0 {
-        b.worker_threads(workers);
-    }
+    // One worker: a current-thread runtime does the same work without the multi-thread
+    // scheduler's cross-thread wakeups and work-stealing queues (measured in benches/).
+    let mut b = if workers == 1 {
+        tokio::runtime::Builder::new_current_thread()
+    } else {
+        let mut b = tokio::runtime::Builder::new_multi_thread();
+        if workers > 0 {
+            b.worker_threads(workers);
+        }
+        b
+    };
     b.enable_all().build().context("starting the async runtime")
 }
 
