@@ -243,23 +243,24 @@ fi
 
 if [ "$EXTRA" = 1 ]; then
   # Weir while the split changes 10 times a second.
+  # The changer is load generation: it runs on the load generator's CPU.
   ( for i in $(seq 1 $((DURATION * 10))); do
       w=$(( (i % 2) * 40 + 10 ))
-      curl -s -o /dev/null -X PUT "127.0.0.1:$WADMIN/apps/bench/split" -H 'content-type: application/json' \
+      $WRK_CPU curl -s -o /dev/null -X PUT "127.0.0.1:$WADMIN/apps/bench/split" -H 'content-type: application/json' \
         -d "{\"weights\":{\"v1\":$((100 - w)),\"v2\":$w}}"
       sleep 0.1
     done ) &
   changer=$!
   run_wrk "weir+changes" $WEIRP 1
   wait $changer || true
-  # Weir with active probes every 100 ms against 100 endpoints (96 idle ones in a version
-  # with weight 0, served by one backend process on 96 ports).
+  # Weir with active probes (the default 1 s interval, a fresh connection each) against 100
+  # endpoints: 96 idle ones in a version with weight 0, served by one process on 96 ports.
   kill "$(cat "$WORK/weir.pid")"; sleep 1.5
   addrs=(); eps=""
   for p in $(seq 18200 18295); do addrs+=(--addr "127.0.0.1:$p"); eps="$eps{ addr = \"127.0.0.1:$p\" }, "; done
   start idle "$WEIR" backend "${addrs[@]}" --name idle --version idle
   wait_port 18295
-  weir_config 'probe = { path = "/ready", interval = "100ms", timeout = "1s" }' \
+  weir_config 'probe = { path = "/ready", interval = "1s", timeout = "1s" }' \
     "[apps.bench.versions.idle]
 endpoints = [ $eps ]" >"$WORK/weir-probes.toml"
   start weir "$WEIR" serve --config "$WORK/weir-probes.toml"

@@ -3,7 +3,6 @@
 
 use std::hint::black_box;
 use std::net::SocketAddr;
-use std::sync::Arc;
 
 use criterion::{BenchmarkId, Criterion, criterion_group, criterion_main};
 use weir::config::Balance;
@@ -14,15 +13,7 @@ fn pool(n: usize, balance: Balance) -> Pool {
     let endpoints = (0..n)
         .map(|i| {
             let addr = SocketAddr::from(([10, (i >> 16) as u8, (i >> 8) as u8, i as u8], 8080));
-            Endpoint {
-                name: format!("ep-{i}").into(),
-                addr,
-                authority: addr.to_string().parse().unwrap(),
-                state: Arc::new(EndpointState::new(false)),
-                requests: prometheus::IntCounter::new("b", "b").unwrap(),
-                healthy_gauge: prometheus::IntGauge::new("b", "b").unwrap(),
-                client: weir::upstream::HttpClient::new(&Default::default()),
-            }
+            Endpoint::detached(&format!("ep-{i}"), addr, EndpointState::new(false))
         })
         .collect();
     Pool::new(endpoints, balance)

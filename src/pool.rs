@@ -203,6 +203,20 @@ pub struct Endpoint {
 }
 
 impl Endpoint {
+    /// An endpoint outside any snapshot, with unregistered metric handles and a default client:
+    /// for benchmarks and tests of the pick path.
+    pub fn detached(name: &str, addr: SocketAddr, state: EndpointState) -> Self {
+        Endpoint {
+            name: name.into(),
+            addr,
+            authority: addr.to_string().parse().expect("a socket address is an authority"),
+            state: Arc::new(state),
+            requests: prometheus::IntCounter::new("detached_requests", "-").expect("valid metric"),
+            healthy_gauge: prometheus::IntGauge::new("detached_healthy", "-").expect("valid metric"),
+            client: crate::upstream::HttpClient::new(&Default::default()),
+        }
+    }
+
     /// Publishes the current health to the gauge.
     pub fn publish_health(&self) {
         self.healthy_gauge.set(i64::from(self.state.is_healthy()));
@@ -298,15 +312,7 @@ mod tests {
 
     fn endpoint(i: usize) -> Endpoint {
         let addr = SocketAddr::from(([127, 0, 0, 1], 10_000 + i as u16));
-        Endpoint {
-            name: format!("e{i}").into(),
-            addr,
-            authority: addr.to_string().parse().unwrap(),
-            state: Arc::new(EndpointState::new(false)),
-            requests: prometheus::IntCounter::new("x", "x").unwrap(),
-            healthy_gauge: prometheus::IntGauge::new("y", "y").unwrap(),
-            client: crate::upstream::HttpClient::new(&Default::default()),
-        }
+        Endpoint::detached(&format!("e{i}"), addr, EndpointState::new(false))
     }
 
     fn pool(n: usize, balance: Balance) -> Pool {

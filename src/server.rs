@@ -108,6 +108,9 @@ pub async fn start_with(config: Config, path: Option<std::path::PathBuf>) -> Res
     let admin_handler = move |req, client| admin.clone().handle(req, client);
     let admin_task = tokio::spawn(listener::serve(admin_socket, admin_handler, admin_cancel.clone(), grace));
 
+    // Opened once discovery has listed every pool and `/ready` says so: traffic never
+    // precedes readiness. (A cancelled token is a one-shot latch every listener can await.)
+    let open = CancellationToken::new();
     let mut listeners = BTreeMap::new();
     // Listener indexes follow the config's (sorted) listener order, as the snapshot's do.
     for (index, (name, socket)) in sockets.into_iter().enumerate() {
@@ -121,10 +124,10 @@ pub async fn start_with(config: Config, path: Option<std::path::PathBuf>) -> Res
         };
         // Bound now, accepting once discovery has listed every pool: connections wait in the
         // backlog rather than meet an empty table.
-        let (sync, cancel) = (Arc::clone(&sync), traffic_cancel.clone());
+        let (open, cancel) = (open.clone(), traffic_cancel.clone());
         traffic.spawn(async move {
             tokio::select! {
-                () = sync.wait() => listener::serve(socket, handler, cancel, grace).await,
+                () = open.cancelled() => listener::serve(socket, handler, cancel, grace).await,
                 () = cancel.cancelled() => {}
             }
         });
@@ -132,6 +135,7 @@ pub async fn start_with(config: Config, path: Option<std::path::PathBuf>) -> Res
     tracing::info!(%admin_addr, "admin API listening");
     if sync.all_synced() {
         ready.store(true, Ordering::Release);
+        open.cancel();
     } else {
         tracing::info!("waiting for Kubernetes discovery to list every pool before serving");
         let (sync, ready) = (Arc::clone(&sync), Arc::clone(&ready));
@@ -139,6 +143,7 @@ pub async fn start_with(config: Config, path: Option<std::path::PathBuf>) -> Res
             sync.wait().await;
             tracing::info!("discovery synced; serving");
             ready.store(true, Ordering::Release);
+            open.cancel();
         });
     }
     traffic.close();
@@ -203,15 +208,15 @@ async fn start_discovery(
             crate::discovery::kube::client(&config.kubernetes).await.map_err(|e| Error::Discovery(e.to_string()))?;
         for (key, cfg) in pools {
             tracing::info!(app = %key.0, version = %key.1, source = ?cfg, "watching Kubernetes for endpoints");
-            tokio::spawn(crate::discovery::kube::watch(
-                client.clone(),
+            tokio::spawn(crate::discovery::kube::watch(crate::discovery::kube::PoolWatch {
+                client: client.clone(),
                 key,
                 cfg,
-                control.clone(),
-                Arc::clone(sync),
-                metrics.clone(),
-                cancel.child_token(),
-            ));
+                control: control.clone(),
+                sync: Arc::clone(sync),
+                metrics: metrics.clone(),
+                cancel: cancel.child_token(),
+            }));
         }
         Ok(())
     }

@@ -9,7 +9,7 @@ mod fake_kube;
 use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;
 
-use common::{Backend, Client, Load, urls, wait_for_app};
+use common::{Backend, Client, Load, drained, urls, wait_for_app};
 use fake_kube::FakeKube;
 use k8s_openapi::api::core::v1::{Container, ContainerPort, ObjectReference, Pod, PodCondition, PodSpec, PodStatus};
 use k8s_openapi::api::discovery::v1::{Endpoint, EndpointConditions, EndpointPort, EndpointSlice};
@@ -120,19 +120,6 @@ fn absent(view: &serde_json::Value, name: &str) -> bool {
         .iter()
         .flat_map(|v| v["endpoints"].as_array().unwrap())
         .any(|e| e["name"] == name)
-}
-
-/// Waits until a backend's hit count stops moving: its in-flight requests are done.
-async fn drained(b: &Backend) {
-    let mut last = b.hits.load(std::sync::atomic::Ordering::SeqCst);
-    loop {
-        tokio::time::sleep(Duration::from_millis(50)).await;
-        let now = b.hits.load(std::sync::atomic::Ordering::SeqCst);
-        if now == last {
-            return;
-        }
-        last = now;
-    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -4,7 +4,6 @@
 
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::net::SocketAddr;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
 use weir::config::Balance;
@@ -35,15 +34,7 @@ fn pool(n: usize, balance: Balance) -> Pool {
     let endpoints = (0..n)
         .map(|i| {
             let addr = SocketAddr::from(([10, 0, (i >> 8) as u8, i as u8], 8080));
-            Endpoint {
-                name: format!("ep-{i}").into(),
-                addr,
-                authority: addr.to_string().parse().unwrap(),
-                state: Arc::new(EndpointState::new(i % 3 == 0)),
-                requests: prometheus::IntCounter::new("t", "t").unwrap(),
-                healthy_gauge: prometheus::IntGauge::new("t", "t").unwrap(),
-                client: weir::upstream::HttpClient::new(&Default::default()),
-            }
+            Endpoint::detached(&format!("ep-{i}"), addr, EndpointState::new(i % 3 == 0))
         })
         .collect();
     Pool::new(endpoints, balance)

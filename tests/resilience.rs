@@ -4,7 +4,6 @@
 
 mod common;
 
-use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use common::{Backend, Client, Load, config, endpoint, start, urls, wait_for_app};
@@ -120,16 +119,7 @@ async fn c_rolling_replacement_through_reloads_fails_nothing() {
         let r = client.call("POST", &format!("{admin}/reload"), "").await;
         assert_eq!(r.status, 200, "{}", r.body);
         reloads += 1;
-        // Drained once its hit count stops moving (no new requests reach it after the reload).
-        let mut last = old.hits.load(Ordering::SeqCst);
-        loop {
-            tokio::time::sleep(Duration::from_millis(50)).await;
-            let now = old.hits.load(Ordering::SeqCst);
-            if now == last {
-                break;
-            }
-            last = now;
-        }
+        common::drained(&old).await;
         old.crash().await;
         v1.push(new);
         load.run_for_requests(&[&v1[0], &v1[1]], 1_000).await;

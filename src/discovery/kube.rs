@@ -42,39 +42,41 @@ pub async fn client(cfg: &KubernetesConfig) -> Result<Client, ClientError> {
     Client::try_from(config).map_err(|e| err(&e))
 }
 
-/// Watches one version's pool until `cancel` fires.
-pub async fn watch(
-    client: Client,
-    key: PoolKey,
-    cfg: DiscoveryConfig,
-    control: ControlHandle,
-    sync: Arc<SyncState>,
-    metrics: Metrics,
-    cancel: CancellationToken,
-) {
-    if let Some(service) = &cfg.service {
-        let api: Api<EndpointSlice> = Api::namespaced(client, &cfg.namespace);
-        let selector = format!("kubernetes.io/service-name={service}");
-        run(api, selector, key, cfg, control, sync, metrics, cancel).await
-    } else if let Some(selector) = cfg.selector.clone() {
-        let api: Api<Pod> = Api::namespaced(client, &cfg.namespace);
-        run(api, selector, key, cfg, control, sync, metrics, cancel).await
+/// One pool's watch: what to watch and where to report.
+pub struct PoolWatch {
+    /// The API client.
+    pub client: Client,
+    /// (app, version).
+    pub key: PoolKey,
+    /// The source.
+    pub cfg: DiscoveryConfig,
+    /// Where endpoint lists go.
+    pub control: ControlHandle,
+    /// Readiness bookkeeping.
+    pub sync: Arc<SyncState>,
+    /// Discovery metrics.
+    pub metrics: Metrics,
+    /// Stops the watch.
+    pub cancel: CancellationToken,
+}
+
+/// Watches one version's pool until its `cancel` fires.
+pub async fn watch(w: PoolWatch) {
+    let (client, namespace) = (w.client.clone(), w.cfg.namespace.clone());
+    if let Some(service) = w.cfg.service.clone() {
+        let api: Api<EndpointSlice> = Api::namespaced(client, &namespace);
+        run(api, format!("kubernetes.io/service-name={service}"), w).await
+    } else if let Some(selector) = w.cfg.selector.clone() {
+        let api: Api<Pod> = Api::namespaced(client, &namespace);
+        run(api, selector, w).await
     }
 }
 
-#[allow(clippy::too_many_arguments)]
-async fn run<K>(
-    api: Api<K>,
-    selector: String,
-    key: PoolKey,
-    cfg: DiscoveryConfig,
-    control: ControlHandle,
-    sync: Arc<SyncState>,
-    metrics: Metrics,
-    cancel: CancellationToken,
-) where
+async fn run<K>(api: Api<K>, selector: String, w: PoolWatch)
+where
     K: kube::Resource + Source + Clone + serde::de::DeserializeOwned + std::fmt::Debug + Send + 'static,
 {
+    let PoolWatch { key, cfg, control, sync, metrics, cancel, .. } = w;
     let (app, version) = (&key.0, &key.1);
     let mut store = Store::new(cfg.port.clone());
     let (events, errors, restarts) = metrics.discovery(app, version);

@@ -438,3 +438,17 @@ pub fn endpoint<'a>(view: &'a serde_json::Value, name: &str) -> &'a serde_json::
         .find(|e| e["name"] == name)
         .unwrap_or_else(|| panic!("no endpoint {name} in {view:#}"))
 }
+
+/// Waits until a backend's hit count stops moving: no new request reaches it and its in-flight
+/// ones are done (a drain signal, polled every 50 ms).
+pub async fn drained(b: &Backend) {
+    let mut last = b.hits.load(Ordering::SeqCst);
+    loop {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        let now = b.hits.load(Ordering::SeqCst);
+        if now == last {
+            return;
+        }
+        last = now;
+    }
+}
