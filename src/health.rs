@@ -145,7 +145,6 @@ async fn run(client: ProbeClient, t: Target, stop: CancellationToken, mut first:
             r = probe_once(&client, &t) => r,
         };
         t.counters[usize::from(!ok)].inc();
-        t.state.note_probe(ok, detail.clone());
         if ok {
             passes += 1;
             fails = 0;
@@ -169,6 +168,9 @@ async fn run(client: ProbeClient, t: Target, stop: CancellationToken, mut first:
             }
             t.state.note_change(why);
         }
+        // Recorded after the verdict is applied: whoever sees a first probe result (start-up
+        // waits for them) also sees its effect on the endpoint.
+        t.state.note_probe(ok, detail);
         if let Some(tx) = first.take() {
             let _ = tx.send(());
         }

@@ -61,8 +61,10 @@ pub struct Running {
     control_task: tokio::task::JoinHandle<()>,
 }
 
-/// Binds every socket of `config`, stores the first snapshot and starts serving. Returns once
-/// the listeners accept connections and `/ready` says ready.
+/// Binds every socket of `config`, stores the first snapshot, waits (bounded) for the first
+/// probe of every static endpoint and starts serving. With a static config the listeners
+/// accept and `/ready` says ready when this returns; with discovery, both happen once every
+/// watched pool has listed (connections meanwhile wait in the listen backlog).
 pub async fn start(config: Config) -> Result<Running, Error> {
     start_with(config, None).await
 }
@@ -138,9 +140,13 @@ pub async fn start_with(config: Config, path: Option<std::path::PathBuf>) -> Res
         open.cancel();
     } else {
         tracing::info!("waiting for Kubernetes discovery to list every pool before serving");
-        let (sync, ready) = (Arc::clone(&sync), Arc::clone(&ready));
+        let (sync, ready, snapshot) = (Arc::clone(&sync), Arc::clone(&ready), Arc::clone(&snapshot));
+        let limit = probe_timeouts(&config) + std::time::Duration::from_millis(250);
         tokio::spawn(async move {
             sync.wait().await;
+            // Endpoints discovered just now are probed at once; as for static ones at start,
+            // let their first verdicts in before the first requests.
+            first_probes(&snapshot, limit).await;
             tracing::info!("discovery synced; serving");
             ready.store(true, Ordering::Release);
             open.cancel();
@@ -224,5 +230,25 @@ async fn start_discovery(
     {
         let _ = (config, control, sync, metrics, cancel);
         Err(Error::Discovery("this weir was built without the `kubernetes` feature; discovery is unavailable".into()))
+    }
+}
+
+/// Waits until every endpoint whose version is probed has had its first probe, at most `limit`.
+/// Start-up only: it polls the snapshot.
+async fn first_probes(snapshot: &ArcSwap<Snapshot>, limit: std::time::Duration) {
+    let deadline = tokio::time::Instant::now() + limit;
+    loop {
+        let snap = snapshot.load();
+        let pending = snap
+            .apps
+            .iter()
+            .flat_map(|a| a.versions.iter())
+            .filter(|v| v.probe.is_some())
+            .flat_map(|v| v.pool.endpoints())
+            .any(|e| e.state.record().last_probe.is_none());
+        if !pending || tokio::time::Instant::now() >= deadline {
+            return;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(5)).await;
     }
 }

@@ -393,3 +393,32 @@ async fn not_ready_until_every_pool_has_synced_and_early_requests_wait() {
     assert_eq!(client.get(&format!("{admin}/ready")).await.status, 200);
     weir.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_probes_traffic_waits_for_the_first_probe_of_discovered_endpoints() {
+    let fake = FakeKube::start(Duration::from_secs(30)).await;
+    let (_pods, a) = Pods::new().await;
+    // The first probe takes 200 ms: long enough that traffic let in at discovery sync would
+    // find the endpoint still unchecked.
+    a.set_ready_delay(Duration::from_millis(200));
+    fake.apply(&slice("web-x1", "web", a.addr.port(), &[("a", &a, true, false)]));
+    let text = config(&fake.url(), r#"{ service = "web" }"#, r#"{ service = "web" }"#, (1, 0)).replace(
+        "listener = \"main\"",
+        "listener = \"main\"\nprobe = { path = \"/ready\", interval = \"1s\", timeout = \"500ms\" }",
+    );
+    let weir = common::start(&text).await;
+    let (url, _) = urls(&weir);
+    // Sent at once: they wait in the backlog until discovery has listed and the discovered
+    // endpoint has passed its first probe; none may meet an unchecked, "unhealthy" pool.
+    let early: Vec<_> = (0..20)
+        .map(|_| {
+            let url = url.clone();
+            tokio::spawn(async move { Client::new().get(&url).await })
+        })
+        .collect();
+    for r in early {
+        let r = r.await.unwrap();
+        assert_eq!(r.status, 200, "{}", r.body);
+    }
+    weir.shutdown().await;
+}

@@ -45,6 +45,8 @@ struct Shared {
     errors: AtomicU64,
     /// Connections open now.
     open: AtomicU64,
+    /// How long `/ready` takes to answer, in ms.
+    ready_delay_ms: AtomicU64,
 }
 
 type TestBody = BoxBody<Bytes, hyper::Error>;
@@ -72,6 +74,7 @@ impl Backend {
             served: AtomicU64::new(0),
             errors: AtomicU64::new(0),
             open: AtomicU64::new(0),
+            ready_delay_ms: AtomicU64::new(0),
         });
         let crash = tokio_util::sync::CancellationToken::new();
         let (sh, cr) = (shared.clone(), crash.clone());
@@ -109,6 +112,11 @@ impl Backend {
         self.shared.mode.store(2, Ordering::SeqCst);
     }
 
+    /// Makes `/ready` answer only after `delay` (a slow probe).
+    pub fn set_ready_delay(&self, delay: Duration) {
+        self.shared.ready_delay_ms.store(delay.as_millis() as u64, Ordering::SeqCst);
+    }
+
     /// Connections open to this backend now.
     pub fn open_connections(&self) -> u64 {
         self.shared.open.load(Ordering::SeqCst)
@@ -141,6 +149,12 @@ impl Backend {
 
 async fn answer(req: Request<Incoming>, s: &Shared) -> Response<TestBody> {
     let path = req.uri().path();
+    if path == "/ready" {
+        let delay = s.ready_delay_ms.load(Ordering::SeqCst);
+        if delay > 0 {
+            tokio::time::sleep(Duration::from_millis(delay)).await;
+        }
+    }
     if path == "/ready" || path == "/live" {
         let ok = path == "/live" || s.ready.load(Ordering::SeqCst);
         let mut r = Response::new(full(if ok { "ok\n" } else { "not ready\n" }));
@@ -408,8 +422,9 @@ impl Load {
     }
 }
 
-/// Polls `GET /apps/{app}` until `pred` holds (a readiness signal, not a timed assertion);
-/// panics after 10 s.
+/// Polls `GET /apps/{app}` until `pred` holds (a readiness signal, not a timed assertion: it
+/// returns as soon as the condition holds); panics after 30 s, which only a loaded machine and
+/// a backoff at its longest come near.
 pub async fn wait_for_app(
     client: &Client,
     admin: &str,
@@ -417,7 +432,7 @@ pub async fn wait_for_app(
     what: &str,
     pred: impl Fn(&serde_json::Value) -> bool,
 ) {
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
     loop {
         let view = client.get(&format!("{admin}/apps/{app}")).await.json();
         if pred(&view) {
