@@ -260,11 +260,6 @@ impl Control {
         Arc::clone(&self.snapshot)
     }
 
-    /// The config in force.
-    pub fn config(&self) -> &Config {
-        &self.config
-    }
-
     /// Kept revisions of `app`, oldest first.
     pub fn history(&self, app: &str) -> Result<Vec<Revision>, ControlError> {
         let h = self.histories.get(app).ok_or_else(|| ControlError::UnknownApp(app.into()))?;

@@ -24,7 +24,7 @@ pub async fn spawn_backend(
     version: &str,
     cancel: CancellationToken,
 ) -> std::io::Result<SocketAddr> {
-    let socket = listener::bind(addr).await?;
+    let socket = tokio::net::TcpListener::bind(addr).await?;
     let bound = socket.local_addr()?;
     let hello = bytes::Bytes::from(format!("Host: {name}, Version: {version}\n"));
     let hits = Arc::new(std::sync::atomic::AtomicU64::new(0));

@@ -107,11 +107,6 @@ impl Health {
         });
         started
     }
-
-    /// Endpoints being probed.
-    pub fn probed(&self) -> usize {
-        self.tasks.len()
-    }
 }
 
 fn target(

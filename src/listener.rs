@@ -14,11 +14,6 @@ use hyper_util::server::graceful::GracefulShutdown;
 use tokio::net::{TcpListener, TcpStream};
 use tokio_util::sync::CancellationToken;
 
-/// Binds a listener. Kept here so every socket gets the same treatment.
-pub async fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
-    TcpListener::bind(addr).await
-}
-
 /// Serves connections from `listener` until `cancel` fires, then stops accepting and lets open
 /// connections finish their in-flight requests for up to `grace` (idle keep-alive connections
 /// are closed at once, HTTP/2 gets GOAWAY).

@@ -95,10 +95,11 @@ impl Proxy {
         };
 
         let (mut parts, body) = req.into_parts();
-        let authority = parts.uri.authority().map(|a| a.as_str().to_owned());
+        // A shared-bytes clone, not a copy: the head is taken apart below.
+        let authority = parts.uri.authority().cloned();
         let path = parts.uri.path_and_query().cloned().unwrap_or_else(|| PathAndQuery::from_static("/"));
         strip_hop_by_hop(&mut parts.headers);
-        set_forwarded(&mut parts.headers, client.ip(), self.proto, authority.as_deref());
+        set_forwarded(&mut parts.headers, client.ip(), self.proto, authority.as_ref().map(|a| a.as_str()));
         // Only a request without a body can be sent again; it keeps its head for that.
         let replayable = body.is_end_stream();
         let idempotent = parts.method.is_idempotent();

@@ -83,7 +83,7 @@ pub async fn start_with(config: Config, path: Option<std::path::PathBuf>) -> Res
 
     // Bind everything before serving anything, so a taken port fails start-up cleanly.
     let bind = |addr: SocketAddr, what: String| async move {
-        listener::bind(addr).await.map_err(|source| Error::Bind { addr, what, source })
+        tokio::net::TcpListener::bind(addr).await.map_err(|source| Error::Bind { addr, what, source })
     };
     let admin_socket = bind(config.admin.addr, "admin".into()).await?;
     let mut sockets = Vec::new();
