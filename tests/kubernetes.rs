@@ -404,7 +404,10 @@ async fn with_probes_traffic_waits_for_the_first_probe_of_discovered_endpoints()
     fake.apply(&slice("web-x1", "web", a.addr.port(), &[("a", &a, true, false)]));
     let text = config(&fake.url(), r#"{ service = "web" }"#, r#"{ service = "web" }"#, (1, 0)).replace(
         "listener = \"main\"",
-        "listener = \"main\"\nprobe = { path = \"/ready\", interval = \"1s\", timeout = \"500ms\" }",
+        // A generous timeout: start-up waits for first probes at most this long, and a probe
+        // slower than that on an oversubscribed machine would rightly leave the endpoint
+        // down. A passing probe still answers in ~200 ms, so the test is no slower.
+        "listener = \"main\"\nprobe = { path = \"/ready\", interval = \"1s\", timeout = \"20s\" }",
     );
     let weir = common::start(&text).await;
     let (url, _) = urls(&weir);
