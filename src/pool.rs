@@ -10,8 +10,6 @@ use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU32, AtomicU64, AtomicUsize,
 use std::sync::{Mutex, OnceLock};
 use std::time::{Instant, SystemTime};
 
-use http::uri::Authority;
-
 use crate::config::Balance;
 
 /// Why an endpoint takes no new requests: bits of [`EndpointState`]'s `down` flags.
@@ -190,8 +188,6 @@ pub struct Endpoint {
     pub name: Arc<str>,
     /// Where to connect.
     pub addr: SocketAddr,
-    /// `addr` as a URI authority, built once so a request does not format it.
-    pub authority: Authority,
     /// Health and load, shared across snapshots.
     pub state: Arc<EndpointState>,
     /// Requests sent to this endpoint (`weir_endpoint_requests_total`).
@@ -209,11 +205,10 @@ impl Endpoint {
         Endpoint {
             name: name.into(),
             addr,
-            authority: addr.to_string().parse().expect("a socket address is an authority"),
             state: Arc::new(state),
             requests: prometheus::IntCounter::new("detached_requests", "-").expect("valid metric"),
             healthy_gauge: prometheus::IntGauge::new("detached_healthy", "-").expect("valid metric"),
-            client: crate::upstream::HttpClient::new(&Default::default()),
+            client: crate::upstream::HttpClient::new(addr, &Default::default()),
         }
     }
 

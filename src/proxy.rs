@@ -9,7 +9,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use arc_swap::ArcSwap;
-use http::uri::{PathAndQuery, Scheme};
+use http::uri::PathAndQuery;
 use http::{Request, Response, StatusCode, Uri, header};
 use http_body::Body as _;
 use http_body_util::{Either, Empty};
@@ -95,21 +95,21 @@ impl Proxy {
         };
 
         let (mut parts, body) = req.into_parts();
-        // A shared-bytes clone, not a copy: the head is taken apart below.
-        let authority = parts.uri.authority().cloned();
         let path = parts.uri.path_and_query().cloned().unwrap_or_else(|| PathAndQuery::from_static("/"));
         strip_hop_by_hop(&mut parts.headers);
-        set_forwarded(&mut parts.headers, client.ip(), self.proto, authority.as_ref().map(|a| a.as_str()));
+        set_forwarded(&mut parts.headers, client.ip(), self.proto, parts.uri.authority().map(|a| a.as_str()));
         // Only a request without a body can be sent again; it keeps its head for that.
         let replayable = body.is_end_stream();
         let idempotent = parts.method.is_idempotent();
         let mut attempts_left = if replayable { app.retry.attempts } else { 0 };
         let mut head = Some(parts);
         let mut body = Some(body);
+        let mut stale_retried = false;
         loop {
             endpoint.requests.inc();
             let in_flight = InFlight::start(&endpoint.state);
-            let uri = upstream_uri(&endpoint.authority, &path);
+            // Origin form: the request line carries the path, `Host` the client's authority.
+            let uri = Uri::from(path.clone());
             let req = if attempts_left > 0 {
                 let h = head.as_ref().expect("head is kept while attempts are left");
                 let mut req = Request::new(Either::Right(Empty::new()));
@@ -129,7 +129,7 @@ impl Proxy {
             };
             let result = endpoint.client.send(req).await;
             match result {
-                Ok(resp) => {
+                Ok((resp, lease)) => {
                     let (mut parts, body) = resp.into_parts();
                     if parts.status.is_server_error() && app.outlier.count_5xx {
                         outlier::on_failure(app, version, endpoint);
@@ -137,10 +137,18 @@ impl Proxy {
                     strip_hop_by_hop(&mut parts.headers);
                     version.metrics.count_status(parts.status);
                     version.metrics.latency.observe(start.elapsed().as_secs_f64());
-                    return Response::from_parts(parts, ResponseBody::Upstream { body, in_flight });
+                    return Response::from_parts(parts, ResponseBody::upstream(body, lease, in_flight));
                 }
                 Err(e) => {
                     drop(in_flight);
+                    // A kept-alive connection closed under the request by the upstream: the
+                    // same endpoint gets it again, once, on a fresh connection. Only requests
+                    // safe to repeat, as the upstream may have read it.
+                    if e.stale && idempotent && attempts_left > 0 && !stale_retried {
+                        tracing::debug!(app = %app.name, endpoint = %endpoint.name, "stale upstream connection: {}", e.message);
+                        stale_retried = true;
+                        continue;
+                    }
                     version.metrics.count_error(e.kind);
                     outlier::on_failure(app, version, endpoint);
                     // Nothing reached the upstream after a connect error; after a reset it may
@@ -195,12 +203,4 @@ fn choose(app: &App) -> (&Version, Option<&Endpoint>) {
         }
         None => (chosen, None),
     }
-}
-
-fn upstream_uri(authority: &http::uri::Authority, path: &PathAndQuery) -> Uri {
-    let mut uri = http::uri::Parts::default();
-    uri.scheme = Some(Scheme::HTTP);
-    uri.authority = Some(authority.clone());
-    uri.path_and_query = Some(path.clone());
-    Uri::from_parts(uri).expect("scheme, authority and path make a URI")
 }

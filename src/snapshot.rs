@@ -224,7 +224,7 @@ fn build_app(
                     let client = prev_ep
                         .filter(|e| e.client.timeouts == app.timeouts)
                         .map(|e| e.client.clone())
-                        .unwrap_or_else(|| HttpClient::new(&app.timeouts));
+                        .unwrap_or_else(|| HttpClient::new(addr, &app.timeouts));
                     let healthy_gauge = metrics.endpoint_healthy(name, vname, &ep_name);
                     healthy_gauge.set(i64::from(state.is_healthy()));
                     Endpoint {
@@ -233,7 +233,6 @@ fn build_app(
                         client,
                         name: ep_name.into(),
                         addr,
-                        authority: addr.to_string().parse().expect("a socket address is an authority"),
                         state,
                     }
                 })

@@ -1,14 +1,17 @@
 //! The pooled keep-alive HTTP client to an app's endpoints, and how its failures are classified.
 
-use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::collections::VecDeque;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, PoisonError, Weak};
+use std::time::Duration;
 
 use bytes::Bytes;
 use http_body_util::{Either, Empty};
 use hyper::body::Incoming;
-use hyper_util::client::legacy::Client;
-use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::rt::{TokioExecutor, TokioTimer};
+use hyper::client::conn::http1::{self, SendRequest};
+use hyper_util::rt::TokioIo;
+use tokio::net::TcpStream;
 
 use crate::config::TimeoutConfig;
 use crate::metrics::UpstreamErrorKind;
@@ -25,15 +28,53 @@ pub struct Upstream {
     pub budget: Arc<RetryBudget>,
 }
 
-/// The pooled keep-alive client of one endpoint. Each endpoint has its own pool, so when an
+/// The keep-alive HTTP/1.1 connections to one endpoint. Each endpoint has its own, so when an
 /// endpoint leaves (a reload, a pod gone) its idle connections close as soon as the last
-/// snapshot holding it is dropped, that is, once its in-flight requests finished; and no pool
-/// lock is shared across endpoints. Cloning shares the pool.
+/// snapshot holding it is dropped, and no lock is shared across endpoints. Cloning shares them.
+///
+/// A request takes the most recently used idle connection (the warmest, and it lets the
+/// oldest ones age out), or opens one; the connection returns to the idle list only once its
+/// response body has been read to the end (see [`Lease`]), so an idle connection is always
+/// ready for the next request. Idle connections close after `timeouts.idle`.
 #[derive(Debug, Clone)]
 pub struct HttpClient {
-    client: Arc<Client<HttpConnector, RequestBody>>,
+    conns: Arc<Connections>,
     /// The timeouts this client was built with.
     pub timeouts: TimeoutConfig,
+}
+
+#[derive(Debug)]
+struct Connections {
+    addr: SocketAddr,
+    timeouts: TimeoutConfig,
+    /// Most recently returned at the back.
+    idle: Mutex<VecDeque<Idle>>,
+    /// Whether the task closing expired idle connections runs.
+    sweeping: AtomicBool,
+}
+
+#[derive(Debug)]
+struct Idle {
+    sender: SendRequest<RequestBody>,
+    since_ms: u64,
+}
+
+/// An upstream connection lent to one exchange. [`Lease::release`] gives it back for reuse
+/// once the response has been read whole; dropped unreleased, it closes the connection (a
+/// response cut short leaves the connection in an unknown state).
+#[derive(Debug)]
+pub struct Lease {
+    sender: Option<SendRequest<RequestBody>>,
+    conns: Arc<Connections>,
+}
+
+impl Lease {
+    /// Returns the connection to its endpoint's idle list.
+    pub fn release(mut self) {
+        if let Some(sender) = self.sender.take() {
+            self.conns.check_in(sender);
+        }
+    }
 }
 
 /// Retries allowed per window: `min + percent × requests in the window / 100` (linkerd's and
@@ -85,46 +126,181 @@ pub struct UpstreamError {
     pub kind: UpstreamErrorKind,
     /// The underlying error's text, for the log line.
     pub message: String,
+    /// The request went out on a kept-alive connection that the upstream had closed (its idle
+    /// timeout racing Weir's): no fault of the endpoint, and worth one more try there.
+    pub stale: bool,
 }
 
 impl HttpClient {
-    /// A client with its own connection pool.
-    pub fn new(timeouts: &TimeoutConfig) -> Self {
-        let mut connector = HttpConnector::new();
-        connector.set_nodelay(true);
-        connector.set_connect_timeout(Some(timeouts.connect));
-        connector.set_keepalive(Some(std::time::Duration::from_secs(60)));
-        let client = Client::builder(TokioExecutor::new())
-            .pool_idle_timeout(timeouts.idle)
-            .pool_timer(TokioTimer::new())
-            .timer(TokioTimer::new())
-            .set_host(false)
-            .build(connector);
-        HttpClient { client: Arc::new(client), timeouts: timeouts.clone() }
+    /// A client for the endpoint at `addr`, with no connection yet.
+    pub fn new(addr: SocketAddr, timeouts: &TimeoutConfig) -> Self {
+        let conns = Connections {
+            addr,
+            timeouts: timeouts.clone(),
+            idle: Mutex::new(VecDeque::new()),
+            sweeping: AtomicBool::new(false),
+        };
+        HttpClient { conns: Arc::new(conns), timeouts: timeouts.clone() }
     }
 
-    /// Whether two handles share one connection pool.
+    /// Whether two handles share one set of connections.
     pub fn same_pool(&self, other: &HttpClient) -> bool {
-        Arc::ptr_eq(&self.client, &other.client)
+        Arc::ptr_eq(&self.conns, &other.conns)
     }
 
-    /// Sends `req` and waits for the response headers, within the request timeout.
-    pub async fn send(&self, req: http::Request<RequestBody>) -> Result<http::Response<Incoming>, UpstreamError> {
-        match tokio::time::timeout(self.timeouts.request, self.client.request(req)).await {
-            Ok(Ok(resp)) => Ok(resp),
-            Ok(Err(e)) => Err(classify(&e)),
+    /// Connections kept idle right now.
+    pub fn idle_connections(&self) -> usize {
+        self.conns.lock().len()
+    }
+
+    /// Sends `req` (its URI in origin form) and waits for the response headers, within the
+    /// request timeout. The [`Lease`] goes with the response body.
+    pub async fn send(
+        &self,
+        req: http::Request<RequestBody>,
+    ) -> Result<(http::Response<Incoming>, Lease), UpstreamError> {
+        match tokio::time::timeout(self.timeouts.request, self.exchange(req)).await {
+            Ok(result) => result,
             Err(_) => Err(UpstreamError {
                 kind: UpstreamErrorKind::Timeout,
                 message: format!("no response headers within {:?}", self.timeouts.request),
+                stale: false,
             }),
+        }
+    }
+
+    async fn exchange(
+        &self,
+        mut req: http::Request<RequestBody>,
+    ) -> Result<(http::Response<Incoming>, Lease), UpstreamError> {
+        loop {
+            let (mut sender, reused) = match self.conns.check_out() {
+                Some(sender) => (sender, true),
+                None => (self.conns.connect().await?, false),
+            };
+            // A fresh connection takes its first request before its task has run; a reused
+            // one is ready unless the upstream closed it meanwhile.
+            if reused && sender.ready().await.is_err() {
+                continue;
+            }
+            match sender.try_send_request(req).await {
+                Ok(resp) => return Ok((resp, Lease { sender: Some(sender), conns: Arc::clone(&self.conns) })),
+                Err(mut e) => match e.take_message() {
+                    // The upstream closed an idle connection as it was taken (its keep-alive
+                    // timeout): nothing was sent, so the request goes on another connection.
+                    Some(unsent) if reused => req = unsent,
+                    _ => {
+                        let mut err = classify(&e.into_error());
+                        if reused && err.kind == UpstreamErrorKind::Protocol {
+                            // The connections idle longer than this one are as stale: close
+                            // them, so the next try opens a fresh one.
+                            self.conns.lock().clear();
+                            err.stale = true;
+                        }
+                        return Err(err);
+                    }
+                },
+            }
         }
     }
 }
 
-/// Sorts a client error into connect / timeout / protocol, with its full cause chain as text.
-fn classify(err: &hyper_util::client::legacy::Error) -> UpstreamError {
+impl Connections {
+    fn lock(&self) -> std::sync::MutexGuard<'_, VecDeque<Idle>> {
+        self.idle.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn check_out(&self) -> Option<SendRequest<RequestBody>> {
+        let now = clock_ms();
+        let idle_ms = self.timeouts.idle.as_millis() as u64;
+        let mut idle = self.lock();
+        while let Some(c) = idle.pop_back() {
+            if now.saturating_sub(c.since_ms) >= idle_ms {
+                // The most recent one expired, so did all the older ones.
+                idle.clear();
+                return None;
+            }
+            if !c.sender.is_closed() {
+                return Some(c.sender);
+            }
+        }
+        None
+    }
+
+    fn check_in(&self, sender: SendRequest<RequestBody>) {
+        if !sender.is_closed() {
+            self.lock().push_back(Idle { sender, since_ms: clock_ms() });
+        }
+    }
+
+    /// Closes the idle connections unused for `timeouts.idle`.
+    fn close_expired(&self) {
+        let now = clock_ms();
+        let idle_ms = self.timeouts.idle.as_millis() as u64;
+        let mut idle = self.lock();
+        while idle.front().is_some_and(|c| now.saturating_sub(c.since_ms) >= idle_ms || c.sender.is_closed()) {
+            idle.pop_front();
+        }
+    }
+
+    async fn connect(self: &Arc<Self>) -> Result<SendRequest<RequestBody>, UpstreamError> {
+        let addr = self.addr;
+        let stream = match tokio::time::timeout(self.timeouts.connect, TcpStream::connect(addr)).await {
+            Ok(Ok(stream)) => stream,
+            Ok(Err(e)) => {
+                let kind = if e.kind() == std::io::ErrorKind::TimedOut {
+                    UpstreamErrorKind::Timeout
+                } else {
+                    UpstreamErrorKind::Connect
+                };
+                return Err(UpstreamError { kind, message: format!("connect to {addr}: {e}"), stale: false });
+            }
+            Err(_) => {
+                return Err(UpstreamError {
+                    kind: UpstreamErrorKind::Timeout,
+                    message: format!("connect to {addr}: no answer within {:?}", self.timeouts.connect),
+                    stale: false,
+                });
+            }
+        };
+        let _ = stream.set_nodelay(true);
+        let keepalive = socket2::TcpKeepalive::new().with_time(Duration::from_secs(60));
+        let _ = socket2::SockRef::from(&stream).set_tcp_keepalive(&keepalive);
+        let (sender, conn) = http1::handshake(TokioIo::new(stream)).await.map_err(|e| classify(&e))?;
+        tokio::spawn(async move {
+            if let Err(e) = conn.await {
+                tracing::debug!(%addr, "upstream connection ended: {e}");
+            }
+        });
+        if !self.sweeping.swap(true, Ordering::Relaxed) {
+            spawn_sweeper(Arc::downgrade(self), self.timeouts.idle);
+        }
+        Ok(sender)
+    }
+}
+
+/// Closes a client's expired idle connections every half idle timeout (at least every 100 ms,
+/// at most every 30 s), until the client is gone.
+fn spawn_sweeper(conns: Weak<Connections>, idle: Duration) {
+    let every = (idle / 2).clamp(Duration::from_millis(100), Duration::from_secs(30));
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(every);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        tick.tick().await;
+        loop {
+            tick.tick().await;
+            match conns.upgrade() {
+                Some(c) => c.close_expired(),
+                None => break,
+            }
+        }
+    });
+}
+
+/// Sorts a connection error into timeout / protocol, with its full cause chain as text.
+fn classify(err: &hyper::Error) -> UpstreamError {
     let mut message = err.to_string();
-    let mut timed_out = false;
+    let mut timed_out = err.is_timeout();
     let mut source = std::error::Error::source(err);
     while let Some(s) = source {
         message.push_str(": ");
@@ -134,14 +310,8 @@ fn classify(err: &hyper_util::client::legacy::Error) -> UpstreamError {
         }
         source = s.source();
     }
-    let kind = if timed_out {
-        UpstreamErrorKind::Timeout
-    } else if err.is_connect() {
-        UpstreamErrorKind::Connect
-    } else {
-        UpstreamErrorKind::Protocol
-    };
-    UpstreamError { kind, message }
+    let kind = if timed_out { UpstreamErrorKind::Timeout } else { UpstreamErrorKind::Protocol };
+    UpstreamError { kind, message, stale: false }
 }
 
 #[cfg(test)]

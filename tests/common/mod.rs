@@ -45,6 +45,8 @@ struct Shared {
     errors: AtomicU64,
     /// Connections open now.
     open: AtomicU64,
+    /// Connections accepted since start.
+    accepted: AtomicU64,
     /// How long `/ready` takes to answer, in ms.
     ready_delay_ms: AtomicU64,
 }
@@ -74,6 +76,7 @@ impl Backend {
             served: AtomicU64::new(0),
             errors: AtomicU64::new(0),
             open: AtomicU64::new(0),
+            accepted: AtomicU64::new(0),
             ready_delay_ms: AtomicU64::new(0),
         });
         let crash = tokio_util::sync::CancellationToken::new();
@@ -83,6 +86,7 @@ impl Backend {
                 let Ok((stream, _)) = listener.accept().await else { continue };
                 let (shared, crash) = (sh.clone(), cr.clone());
                 shared.open.fetch_add(1, Ordering::SeqCst);
+                shared.accepted.fetch_add(1, Ordering::SeqCst);
                 tokio::spawn(async move {
                     let counted = shared.clone();
                     let svc = hyper::service::service_fn(move |req: Request<Incoming>| {
@@ -120,6 +124,11 @@ impl Backend {
     /// Connections open to this backend now.
     pub fn open_connections(&self) -> u64 {
         self.shared.open.load(Ordering::SeqCst)
+    }
+
+    /// Connections accepted since the backend started.
+    pub fn connections_accepted(&self) -> u64 {
+        self.shared.accepted.load(Ordering::SeqCst)
     }
 
     /// 500s this backend has sent.
