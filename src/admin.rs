@@ -7,7 +7,6 @@
 mod request;
 mod view;
 
-use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
@@ -47,7 +46,7 @@ impl Admin {
     }
 
     /// Serves one admin request.
-    pub async fn handle(self, req: Request<Incoming>, _client: SocketAddr) -> Response<ResponseBody> {
+    pub async fn handle(self, req: Request<Incoming>, _client: crate::listener::Peer) -> Response<ResponseBody> {
         let had_body = !http_body::Body::is_end_stream(req.body());
         match self.route(req).await {
             Ok(resp) => resp,

@@ -4,7 +4,6 @@
 mod body;
 mod headers;
 
-use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -18,11 +17,13 @@ use hyper::body::Incoming;
 pub use body::ResponseBody;
 pub use headers::{set_forwarded, strip_hop_by_hop};
 
+use crate::listener::Peer;
 use crate::metrics::{Metrics, UpstreamErrorKind};
 use crate::outlier;
 use crate::pool::{Endpoint, InFlight};
 use crate::snapshot::{App, Snapshot, Version};
 use crate::upstream::UpstreamError;
+use prometheus::IntCounter;
 
 /// Why Weir answered a request itself.
 #[derive(Debug, thiserror::Error)]
@@ -61,26 +62,28 @@ pub fn error_response(err: &ProxyError) -> Response<ResponseBody> {
 #[derive(Debug, Clone)]
 pub struct Proxy {
     snapshot: Arc<ArcSwap<Snapshot>>,
-    metrics: Metrics,
+    /// `weir_unrouted_requests_total`: all the proxy needs of the registry (the rest is
+    /// pre-resolved in the snapshot), so a clone costs no reference counts beyond two.
+    unrouted: IntCounter,
     listener: usize,
     proto: &'static str,
 }
 
 impl Proxy {
     /// A proxy for the listener at index `listener` of the snapshot's listeners.
-    pub fn new(snapshot: Arc<ArcSwap<Snapshot>>, metrics: Metrics, listener: usize) -> Self {
-        Proxy { snapshot, metrics, listener, proto: "http" }
+    pub fn new(snapshot: Arc<ArcSwap<Snapshot>>, metrics: &Metrics, listener: usize) -> Self {
+        Proxy { snapshot, unrouted: metrics.unrouted.clone(), listener, proto: "http" }
     }
 
     /// Proxies one request from `client`. Never fails: errors become responses.
-    pub async fn handle(&self, req: Request<Incoming>, client: SocketAddr) -> Response<ResponseBody> {
+    pub async fn handle(&self, req: Request<Incoming>, client: Peer) -> Response<ResponseBody> {
         let start = Instant::now();
         // One view of the routing state for the whole request, retries included.
         let snap = self.snapshot.load_full();
         let authority = req.uri().authority().map(|a| a.as_str());
         let host = authority.or_else(|| req.headers().get(header::HOST).and_then(|h| h.to_str().ok()));
         let Some(app) = snap.route(self.listener, host) else {
-            self.metrics.unrouted.inc();
+            self.unrouted.inc();
             return error_response(&ProxyError::NoRoute(host.map(str::to_owned)));
         };
         app.upstream.budget.record_request();
@@ -97,7 +100,7 @@ impl Proxy {
         let (mut parts, body) = req.into_parts();
         let path = parts.uri.path_and_query().cloned().unwrap_or_else(|| PathAndQuery::from_static("/"));
         strip_hop_by_hop(&mut parts.headers);
-        set_forwarded(&mut parts.headers, client.ip(), self.proto, parts.uri.authority().map(|a| a.as_str()));
+        set_forwarded(&mut parts.headers, &client.ip, self.proto, parts.uri.authority().map(|a| a.as_str()));
         // Only a request without a body can be sent again; it keeps its head for that.
         let replayable = body.is_end_stream();
         let idempotent = parts.method.is_idempotent();

@@ -119,7 +119,7 @@ pub async fn start_with(config: Config, path: Option<std::path::PathBuf>) -> Res
         let addr = socket.local_addr().expect("bound socket has an address");
         tracing::info!(listener = %name, %addr, "listening");
         listeners.insert(name, addr);
-        let proxy = Proxy::new(Arc::clone(&snapshot), metrics.clone(), index);
+        let proxy = Proxy::new(Arc::clone(&snapshot), &metrics, index);
         let handler = move |req, client| {
             let proxy = proxy.clone();
             async move { proxy.handle(req, client).await }

@@ -176,7 +176,8 @@ impl HttpClient {
         loop {
             let (mut sender, reused) = match self.conns.check_out() {
                 Some(sender) => (sender, true),
-                None => (self.conns.connect().await?, false),
+                // Boxed: the rare path should not grow every request's future.
+                None => (Box::pin(self.conns.connect()).await?, false),
             };
             // A fresh connection takes its first request before its task has run; a reused
             // one is ready unless the upstream closed it meanwhile.

@@ -1,20 +1,19 @@
 //! Header rewriting between client and upstream (RFC 9110 §7.6.1 hop-by-hop fields, and the
 //! de-facto `X-Forwarded-*` set).
 
-use std::net::IpAddr;
-
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 
 /// Fields that describe one connection, never forwarded. `Connection` may name more.
-const HOP_BY_HOP: [&str; 8] = [
-    "connection",
-    "keep-alive",
-    "proxy-connection",
-    "proxy-authenticate",
-    "te",
-    "trailer",
-    "transfer-encoding",
-    "upgrade",
+/// Names, not strings: a lookup by string would parse and validate it every time.
+static HOP_BY_HOP: [HeaderName; 8] = [
+    header::CONNECTION,
+    HeaderName::from_static("keep-alive"),
+    HeaderName::from_static("proxy-connection"),
+    header::PROXY_AUTHENTICATE,
+    header::TE,
+    header::TRAILER,
+    header::TRANSFER_ENCODING,
+    header::UPGRADE,
 ];
 
 /// Removes hop-by-hop fields, including every field the `Connection` header lists.
@@ -31,10 +30,8 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
             headers.remove(name);
         }
     }
-    for name in HOP_BY_HOP {
-        if headers.contains_key(name) {
-            headers.remove(name);
-        }
+    for name in &HOP_BY_HOP {
+        headers.remove(name);
     }
 }
 
@@ -45,13 +42,15 @@ static X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host"
 /// Sets `X-Forwarded-For` (appending the client to any chain already there),
 /// `X-Forwarded-Proto` and `X-Forwarded-Host`, and makes sure `Host` is present (HTTP/2 clients
 /// send `:authority` instead, and HTTP/1.1 upstreams require `Host`).
-pub fn set_forwarded(headers: &mut HeaderMap, client: IpAddr, proto: &'static str, authority: Option<&str>) {
-    let ip = client.to_string();
+pub fn set_forwarded(headers: &mut HeaderMap, client_ip: &HeaderValue, proto: &'static str, authority: Option<&str>) {
     let xff = match headers.get(&X_FORWARDED_FOR).and_then(|v| v.to_str().ok()) {
-        Some(prev) if !prev.trim().is_empty() => format!("{prev}, {ip}"),
-        _ => ip,
+        Some(prev) if !prev.trim().is_empty() => {
+            let ip = client_ip.to_str().unwrap_or_default();
+            HeaderValue::from_str(&format!("{prev}, {ip}")).ok()
+        }
+        _ => Some(client_ip.clone()),
     };
-    if let Ok(v) = HeaderValue::from_str(&xff) {
+    if let Some(v) = xff {
         headers.insert(X_FORWARDED_FOR.clone(), v);
     }
     headers.insert(X_FORWARDED_PROTO.clone(), HeaderValue::from_static(proto));
@@ -83,7 +82,7 @@ mod tests {
     fn appends_forwarded_for_and_sets_host_for_h2() {
         let mut h = HeaderMap::new();
         h.insert("x-forwarded-for", HeaderValue::from_static("203.0.113.9"));
-        set_forwarded(&mut h, "127.0.0.1".parse().unwrap(), "http", Some("app.local:8080"));
+        set_forwarded(&mut h, &HeaderValue::from_static("127.0.0.1"), "http", Some("app.local:8080"));
         assert_eq!(h["x-forwarded-for"], "203.0.113.9, 127.0.0.1");
         assert_eq!(h["x-forwarded-proto"], "http");
         assert_eq!(h["x-forwarded-host"], "app.local:8080");
