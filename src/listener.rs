@@ -31,9 +31,9 @@ use tokio_util::task::TaskTracker;
 /// A connection with no new request for this long is parked.
 const PARK_AFTER: Duration = Duration::from_secs(1);
 /// A parked connection with no new request for this long is closed.
-pub const KEEP_ALIVE_IDLE: Duration = Duration::from_secs(60);
+const KEEP_ALIVE_IDLE: Duration = Duration::from_secs(60);
 /// A request head must arrive whole within this time (slow-header clients are cut off).
-pub const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
+const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
 
 const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 
@@ -55,18 +55,41 @@ impl Peer {
     }
 }
 
+type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+/// A request handler, called once per request with the client's [`Peer`]: any
+/// `Fn(Request<Incoming>, Peer) -> impl Future<Output = Response<B>>` closure. The trait
+/// states that bound once for every function that passes a handler on.
+pub trait Handler: Send + Sync + 'static {
+    /// The response body.
+    type Body: Body<Data = Bytes, Error: Into<BoxError>> + Send + 'static;
+    /// The response future.
+    type Future: Future<Output = Response<Self::Body>> + Send + 'static;
+    /// Handles one request.
+    fn call(&self, req: Request<Incoming>, peer: Peer) -> Self::Future;
+}
+
+impl<H, Fut, B> Handler for H
+where
+    H: Fn(Request<Incoming>, Peer) -> Fut + Send + Sync + 'static,
+    Fut: Future<Output = Response<B>> + Send + 'static,
+    B: Body<Data = Bytes> + Send + 'static,
+    B::Error: Into<BoxError>,
+{
+    type Body = B;
+    type Future = Fut;
+
+    fn call(&self, req: Request<Incoming>, peer: Peer) -> Fut {
+        self(req, peer)
+    }
+}
+
 /// Serves connections from `listener` until `cancel` fires, then stops accepting and lets open
 /// connections finish their in-flight requests for up to `grace` (idle keep-alive connections
 /// are closed at once, HTTP/2 gets GOAWAY).
 ///
 /// `handler` is called once per request with the client's [`Peer`].
-pub async fn serve<H, Fut, B>(listener: TcpListener, handler: H, cancel: CancellationToken, grace: Duration)
-where
-    H: Fn(Request<Incoming>, Peer) -> Fut + Clone + Send + Sync + 'static,
-    Fut: Future<Output = Response<B>> + Send + 'static,
-    B: Body<Data = Bytes> + Send + 'static,
-    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
-{
+pub async fn serve<H: Handler + Clone>(listener: TcpListener, handler: H, cancel: CancellationToken, grace: Duration) {
     let connections = TaskTracker::new();
     loop {
         let (stream, client) = tokio::select! {
@@ -92,13 +115,7 @@ where
     }
 }
 
-async fn serve_connection<H, Fut, B>(stream: TcpStream, peer: Peer, handler: H, cancel: CancellationToken)
-where
-    H: Fn(Request<Incoming>, Peer) -> Fut + Send + Sync + 'static,
-    Fut: Future<Output = Response<B>> + Send + 'static,
-    B: Body<Data = Bytes> + Send + 'static,
-    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
-{
+async fn serve_connection<H: Handler>(stream: TcpStream, peer: Peer, handler: H, cancel: CancellationToken) {
     let client = peer.addr;
     let result = match is_h2c(&stream, &cancel).await {
         // Boxed, like an active HTTP/1 cycle: the task of a parked connection stays small.
@@ -137,22 +154,14 @@ async fn is_h2c(stream: &TcpStream, cancel: &CancellationToken) -> Result<bool, 
     }
 }
 
-type BoxError = Box<dyn std::error::Error + Send + Sync>;
-
-async fn serve_h2<H, Fut, B>(
+async fn serve_h2<H: Handler>(
     stream: TcpStream,
     peer: Peer,
     handler: H,
     cancel: CancellationToken,
-) -> Result<(), BoxError>
-where
-    H: Fn(Request<Incoming>, Peer) -> Fut + Send + Sync + 'static,
-    Fut: Future<Output = Response<B>> + Send + 'static,
-    B: Body<Data = Bytes> + Send + 'static,
-    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
-{
+) -> Result<(), BoxError> {
     let service = hyper::service::service_fn(move |req| {
-        let fut = handler(req, peer.clone());
+        let fut = handler.call(req, peer.clone());
         async move { Ok::<_, Infallible>(fut.await) }
     });
     let mut builder = hyper::server::conn::http2::Builder::new(TokioExecutor::new());
@@ -181,18 +190,12 @@ struct Activity {
     parking: AtomicBool,
 }
 
-async fn serve_h1<H, Fut, B>(
+async fn serve_h1<H: Handler>(
     stream: TcpStream,
     peer: Peer,
     handler: H,
     cancel: CancellationToken,
-) -> Result<(), BoxError>
-where
-    H: Fn(Request<Incoming>, Peer) -> Fut + Send + Sync + 'static,
-    Fut: Future<Output = Response<B>> + Send + 'static,
-    B: Body<Data = Bytes> + Send + 'static,
-    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
-{
+) -> Result<(), BoxError> {
     let handler = Arc::new(handler);
     let activity = Arc::new(Activity::default());
     let mut io = Rewound { prefix: Bytes::new(), stream, activity: Arc::clone(&activity) };
@@ -229,19 +232,13 @@ where
 
 /// Serves requests on `io` with a fresh hyper connection until the connection goes quiet
 /// (returns the socket, to park) or ends (returns `None`).
-async fn serve_h1_cycle<H, Fut, B>(
+async fn serve_h1_cycle<H: Handler>(
     io: Rewound,
     handler: Arc<H>,
     peer: Peer,
     activity: &Arc<Activity>,
     cancel: &CancellationToken,
-) -> Result<Option<Rewound>, BoxError>
-where
-    H: Fn(Request<Incoming>, Peer) -> Fut + Send + Sync + 'static,
-    Fut: Future<Output = Response<B>> + Send + 'static,
-    B: Body<Data = Bytes> + Send + 'static,
-    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
-{
+) -> Result<Option<Rewound>, BoxError> {
     activity.parking.store(false, Ordering::Relaxed);
     activity.client_close.store(false, Ordering::Relaxed);
     let service = {
@@ -249,7 +246,7 @@ where
         hyper::service::service_fn(move |req: Request<Incoming>| {
             activity.started.fetch_add(1, Ordering::Relaxed);
             activity.client_close.store(wants_close(&req), Ordering::Relaxed);
-            let fut = handler(req, peer.clone());
+            let fut = handler.call(req, peer.clone());
             let activity = Arc::clone(&activity);
             async move {
                 let resp = fut.await;

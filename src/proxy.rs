@@ -13,6 +13,7 @@ use http::{Request, Response, StatusCode, Uri, header};
 use http_body::Body as _;
 use http_body_util::{Either, Empty};
 use hyper::body::Incoming;
+use prometheus::IntCounter;
 
 pub use body::ResponseBody;
 pub use headers::{set_forwarded, strip_hop_by_hop};
@@ -23,7 +24,6 @@ use crate::outlier;
 use crate::pool::{Endpoint, InFlight};
 use crate::snapshot::{App, Snapshot, Version};
 use crate::upstream::UpstreamError;
-use prometheus::IntCounter;
 
 /// Why Weir answered a request itself.
 #[derive(Debug, thiserror::Error)]

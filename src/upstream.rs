@@ -148,11 +148,6 @@ impl HttpClient {
         Arc::ptr_eq(&self.conns, &other.conns)
     }
 
-    /// Connections kept idle right now.
-    pub fn idle_connections(&self) -> usize {
-        self.conns.lock().len()
-    }
-
     /// Sends `req` (its URI in origin form) and waits for the response headers, within the
     /// request timeout. The [`Lease`] goes with the response body.
     pub async fn send(

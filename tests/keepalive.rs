@@ -28,6 +28,12 @@ impl Raw {
         self.s.write_all(bytes).await
     }
 
+    /// Sends `request` and reads its response.
+    async fn exchange(&mut self, request: &[u8]) -> (String, String) {
+        self.write_all(request).await.unwrap();
+        self.read_response().await
+    }
+
     /// Reads one response with a `content-length` body; returns its head and body.
     async fn read_response(&mut self) -> (String, String) {
         let mut buf = std::mem::take(&mut self.carry);
@@ -71,8 +77,7 @@ async fn a_parked_connection_serves_the_next_request() {
     let (weir, _b) = two_versions(100, 0).await;
     let mut s = Raw::connect(weir.listeners["main"]).await;
     for round in 0..3 {
-        s.write_all(GET).await.unwrap();
-        let (head, body) = s.read_response().await;
+        let (head, body) = s.exchange(GET).await;
         assert!(head.starts_with("HTTP/1.1 200"), "round {round}: {head}");
         assert!(body.contains("Version: v1"), "{body}");
         tokio::time::sleep(PARKED).await;
@@ -89,13 +94,11 @@ async fn a_parked_connection_serves_the_next_request() {
 async fn a_request_head_split_across_a_park_is_served() {
     let (weir, _b) = two_versions(100, 0).await;
     let mut s = Raw::connect(weir.listeners["main"]).await;
-    s.write_all(GET).await.unwrap();
-    s.read_response().await;
+    s.exchange(GET).await;
     // The first half of a head, then silence past the park, then the rest.
     s.write_all(b"GET /headers HTTP/1.1\r\nHost: shop.exa").await.unwrap();
     tokio::time::sleep(PARKED).await;
-    s.write_all(b"mple\r\nX-Half: two\r\n\r\n").await.unwrap();
-    let (head, body) = s.read_response().await;
+    let (head, body) = s.exchange(b"mple\r\nX-Half: two\r\n\r\n").await;
     assert!(head.starts_with("HTTP/1.1 200"), "{head}");
     assert!(body.contains("host: shop.example") && body.contains("x-half: two"), "{body}");
     weir.shutdown().await;
@@ -105,13 +108,11 @@ async fn a_request_head_split_across_a_park_is_served() {
 async fn connection_close_and_http_1_0_are_honoured() {
     let (weir, _b) = two_versions(100, 0).await;
     let mut s = Raw::connect(weir.listeners["main"]).await;
-    s.write_all(b"GET / HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n").await.unwrap();
-    assert!(s.read_response().await.0.starts_with("HTTP/1.1 200"));
+    assert!(s.exchange(b"GET / HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n").await.0.starts_with("HTTP/1.1 200"));
     assert!(s.closed_within(Duration::from_secs(5)).await, "closed after Connection: close");
 
     let mut s = Raw::connect(weir.listeners["main"]).await;
-    s.write_all(b"GET / HTTP/1.0\r\nHost: a\r\n\r\n").await.unwrap();
-    assert!(s.read_response().await.0.starts_with("HTTP/1.0 200"));
+    assert!(s.exchange(b"GET / HTTP/1.0\r\nHost: a\r\n\r\n").await.0.starts_with("HTTP/1.0 200"));
     assert!(s.closed_within(Duration::from_secs(5)).await, "closed after an HTTP/1.0 request");
     weir.shutdown().await;
 }
@@ -120,12 +121,10 @@ async fn connection_close_and_http_1_0_are_honoured() {
 async fn shutdown_closes_parked_connections_at_once() {
     let (weir, _b) = two_versions(100, 0).await;
     let mut parked = Raw::connect(weir.listeners["main"]).await;
-    parked.write_all(GET).await.unwrap();
-    parked.read_response().await;
+    parked.exchange(GET).await;
     tokio::time::sleep(PARKED).await;
     let mut fresh = Raw::connect(weir.listeners["main"]).await;
-    fresh.write_all(GET).await.unwrap();
-    fresh.read_response().await;
+    fresh.exchange(GET).await;
 
     let started = std::time::Instant::now();
     let stopping = tokio::spawn(weir.shutdown());
