@@ -29,11 +29,11 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 /// A connection with no new request for this long is parked.
-const PARK_AFTER: Duration = Duration::from_secs(1);
+pub(crate) const PARK_AFTER: Duration = Duration::from_secs(1);
 /// A parked connection with no new request for this long is closed.
 const KEEP_ALIVE_IDLE: Duration = Duration::from_secs(60);
 /// A request head must arrive whole within this time (slow-header clients are cut off).
-const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
+pub(crate) const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
 
 const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 
@@ -84,12 +84,65 @@ where
     }
 }
 
+/// How a [`Forward`] pass over an HTTP/1 connection ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Forwarded {
+    /// The connection went quiet with no bytes pending: park it.
+    Park,
+    /// The connection is done (the client closed or asked to close, or Weir is stopping).
+    Close,
+    /// The next request (its bytes now pending) needs the general path: hyper serves it.
+    Fallback,
+}
+
+/// A path that serves HTTP/1.1 requests straight off the socket, for the requests it knows
+/// how to handle, ahead of hyper. It reads from `stream` after the bytes in `pending`, and
+/// hands back, in `pending`, whatever it read but did not serve.
+pub trait Forward: Send + Sync + 'static {
+    /// Serves requests until the connection is quiet, done, or needs the general path.
+    fn forward(
+        &self,
+        stream: &mut TcpStream,
+        pending: &mut Bytes,
+        peer: &Peer,
+        cancel: &CancellationToken,
+    ) -> impl Future<Output = Result<Forwarded, BoxError>> + Send;
+}
+
+/// No fast path: every request goes through hyper.
+#[derive(Debug, Clone, Copy)]
+pub enum NoForward {}
+
+impl Forward for NoForward {
+    #[allow(clippy::manual_async_fn)]
+    fn forward(
+        &self,
+        _: &mut TcpStream,
+        _: &mut Bytes,
+        _: &Peer,
+        _: &CancellationToken,
+    ) -> impl Future<Output = Result<Forwarded, BoxError>> + Send {
+        async { match *self {} }
+    }
+}
+
 /// Serves connections from `listener` until `cancel` fires, then stops accepting and lets open
 /// connections finish their in-flight requests for up to `grace` (idle keep-alive connections
 /// are closed at once, HTTP/2 gets GOAWAY).
 ///
 /// `handler` is called once per request with the client's [`Peer`].
 pub async fn serve<H: Handler + Clone>(listener: TcpListener, handler: H, cancel: CancellationToken, grace: Duration) {
+    serve_with(listener, handler, None::<NoForward>, cancel, grace).await;
+}
+
+/// [`serve`], with `forward` trying each HTTP/1.1 request before `handler` does.
+pub async fn serve_with<H: Handler + Clone, F: Forward + Clone>(
+    listener: TcpListener,
+    handler: H,
+    forward: Option<F>,
+    cancel: CancellationToken,
+    grace: Duration,
+) {
     let connections = TaskTracker::new();
     loop {
         let (stream, client) = tokio::select! {
@@ -106,7 +159,8 @@ pub async fn serve<H: Handler + Clone>(listener: TcpListener, handler: H, cancel
             },
         };
         let _ = stream.set_nodelay(true);
-        connections.spawn(serve_connection(stream, Peer::new(client), handler.clone(), cancel.clone()));
+        let (handler, forward) = (handler.clone(), forward.clone());
+        connections.spawn(serve_connection(stream, Peer::new(client), handler, forward, cancel.clone()));
     }
     drop(listener);
     connections.close();
@@ -115,12 +169,18 @@ pub async fn serve<H: Handler + Clone>(listener: TcpListener, handler: H, cancel
     }
 }
 
-async fn serve_connection<H: Handler>(stream: TcpStream, peer: Peer, handler: H, cancel: CancellationToken) {
+async fn serve_connection<H: Handler, F: Forward>(
+    stream: TcpStream,
+    peer: Peer,
+    handler: H,
+    forward: Option<F>,
+    cancel: CancellationToken,
+) {
     let client = peer.addr;
     let result = match is_h2c(&stream, &cancel).await {
         // Boxed, like an active HTTP/1 cycle: the task of a parked connection stays small.
         Ok(true) => Box::pin(serve_h2(stream, peer, handler, cancel)).await,
-        Ok(false) => serve_h1(stream, peer, handler, cancel).await,
+        Ok(false) => serve_h1(stream, peer, handler, forward, cancel).await,
         Err(e) => Err(e),
     };
     if let Err(e) = result {
@@ -190,10 +250,11 @@ struct Activity {
     parking: AtomicBool,
 }
 
-async fn serve_h1<H: Handler>(
+async fn serve_h1<H: Handler, F: Forward>(
     stream: TcpStream,
     peer: Peer,
     handler: H,
+    forward: Option<F>,
     cancel: CancellationToken,
 ) -> Result<(), BoxError> {
     let handler = Arc::new(handler);
@@ -214,6 +275,14 @@ async fn serve_h1<H: Handler>(
             }
         } else if partial_since.is_some_and(|t| t.elapsed() >= HEADER_READ_TIMEOUT) {
             return Err("request head not complete within the header read timeout".into());
+        }
+        if let Some(forward) = &forward {
+            // Boxed, like hyper's cycle: its buffers live only while the connection is busy.
+            match Box::pin(forward.forward(&mut io.stream, &mut io.prefix, &peer, &cancel)).await? {
+                Forwarded::Park => continue,
+                Forwarded::Close => return Ok(()),
+                Forwarded::Fallback => {}
+            }
         }
         let started_before = activity.started.load(Ordering::Relaxed);
         // Boxed: hyper's connection lives only as long as the cycle, not in the parked task.

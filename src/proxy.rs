@@ -39,19 +39,26 @@ pub enum ProxyError {
     Upstream(#[from] UpstreamError),
 }
 
-/// Maps every [`ProxyError`] to its response: the only place this happens.
-/// Unreachable or broken upstream → 502, timeout → 504, no endpoint → 503, no app → 404.
+impl ProxyError {
+    /// The status and text Weir answers with: the only place errors become status codes.
+    /// Unreachable or broken upstream → 502, timeout → 504, no endpoint → 503, no app → 404.
+    fn answer(&self) -> (StatusCode, &'static str) {
+        match self {
+            ProxyError::NoRoute(_) => (StatusCode::NOT_FOUND, "weir: no app serves this host\n"),
+            ProxyError::NoEndpoint(_) => (StatusCode::SERVICE_UNAVAILABLE, "weir: no healthy endpoint\n"),
+            ProxyError::Upstream(e) => match e.kind {
+                UpstreamErrorKind::Connect => (StatusCode::BAD_GATEWAY, "weir: upstream unreachable\n"),
+                UpstreamErrorKind::Protocol => (StatusCode::BAD_GATEWAY, "weir: upstream connection failed\n"),
+                UpstreamErrorKind::Timeout => (StatusCode::GATEWAY_TIMEOUT, "weir: upstream timed out\n"),
+                UpstreamErrorKind::NoEndpoint => (StatusCode::SERVICE_UNAVAILABLE, "weir: no healthy endpoint\n"),
+            },
+        }
+    }
+}
+
+/// The response for a [`ProxyError`] (see [`ProxyError::answer`]).
 pub fn error_response(err: &ProxyError) -> Response<ResponseBody> {
-    let (status, text) = match err {
-        ProxyError::NoRoute(_) => (StatusCode::NOT_FOUND, "weir: no app serves this host\n"),
-        ProxyError::NoEndpoint(_) => (StatusCode::SERVICE_UNAVAILABLE, "weir: no healthy endpoint\n"),
-        ProxyError::Upstream(e) => match e.kind {
-            UpstreamErrorKind::Connect => (StatusCode::BAD_GATEWAY, "weir: upstream unreachable\n"),
-            UpstreamErrorKind::Protocol => (StatusCode::BAD_GATEWAY, "weir: upstream connection failed\n"),
-            UpstreamErrorKind::Timeout => (StatusCode::GATEWAY_TIMEOUT, "weir: upstream timed out\n"),
-            UpstreamErrorKind::NoEndpoint => (StatusCode::SERVICE_UNAVAILABLE, "weir: no healthy endpoint\n"),
-        },
-    };
+    let (status, text) = err.answer();
     let mut resp = Response::new(ResponseBody::local(text));
     *resp.status_mut() = status;
     resp.headers_mut().insert(header::CONTENT_TYPE, header::HeaderValue::from_static("text/plain; charset=utf-8"));
@@ -82,19 +89,9 @@ impl Proxy {
         let snap = self.snapshot.load_full();
         let authority = req.uri().authority().map(|a| a.as_str());
         let host = authority.or_else(|| req.headers().get(header::HOST).and_then(|h| h.to_str().ok()));
-        let Some(app) = snap.route(self.listener, host) else {
-            self.unrouted.inc();
-            return error_response(&ProxyError::NoRoute(host.map(str::to_owned)));
-        };
-        app.upstream.budget.record_request();
-        let (version, endpoint) = choose(app);
-        let Some(mut endpoint) = endpoint else {
-            version.metrics.count_error(UpstreamErrorKind::NoEndpoint);
-            let err = ProxyError::NoEndpoint(Arc::clone(&version.name));
-            tracing::warn!(app = %app.name, version = %version.name, "{err}");
-            let resp = error_response(&err);
-            version.metrics.count_status(resp.status());
-            return resp;
+        let (app, version, mut endpoint) = match self.pick(&snap, host) {
+            Ok(picked) => picked,
+            Err(e) => return error_response(&e),
         };
 
         let (mut parts, body) = req.into_parts();
@@ -103,17 +100,15 @@ impl Proxy {
         set_forwarded(&mut parts.headers, &client.ip, self.proto, parts.uri.authority().map(|a| a.as_str()));
         // Only a request without a body can be sent again; it keeps its head for that.
         let replayable = body.is_end_stream();
-        let idempotent = parts.method.is_idempotent();
-        let mut attempts_left = if replayable { app.retry.attempts } else { 0 };
+        let mut attempts = Attempts::new(app, replayable, parts.method.is_idempotent());
         let mut head = Some(parts);
         let mut body = Some(body);
-        let mut stale_retried = false;
         loop {
             endpoint.requests.inc();
             let in_flight = InFlight::start(&endpoint.state);
             // Origin form: the request line carries the path, `Host` the client's authority.
             let uri = Uri::from(path.clone());
-            let req = if attempts_left > 0 {
+            let req = if attempts.left > 0 {
                 let h = head.as_ref().expect("head is kept while attempts are left");
                 let mut req = Request::new(Either::Right(Empty::new()));
                 *req.method_mut() = h.method.clone();
@@ -130,60 +125,125 @@ impl Proxy {
                 };
                 Request::from_parts(h, body)
             };
-            let result = endpoint.client.send(req).await;
-            match result {
+            match endpoint.client.send(req).await {
                 Ok((resp, lease)) => {
                     let (mut parts, body) = resp.into_parts();
-                    if parts.status.is_server_error() && app.outlier.count_5xx {
-                        outlier::on_failure(app, version, endpoint);
-                    }
+                    answered(app, version, endpoint, parts.status, start);
                     strip_hop_by_hop(&mut parts.headers);
-                    version.metrics.count_status(parts.status);
-                    version.metrics.latency.observe(start.elapsed().as_secs_f64());
                     return Response::from_parts(parts, ResponseBody::upstream(body, lease, in_flight));
                 }
                 Err(e) => {
                     drop(in_flight);
-                    // A kept-alive connection closed under the request by the upstream: the
-                    // same endpoint gets it again, once, on a fresh connection. Only requests
-                    // safe to repeat, as the upstream may have read it.
-                    if e.stale && idempotent && attempts_left > 0 && !stale_retried {
-                        tracing::debug!(app = %app.name, endpoint = %endpoint.name, "stale upstream connection: {}", e.message);
-                        stale_retried = true;
-                        continue;
+                    match attempts.after_failure(app, version, endpoint, &e) {
+                        Some(next) => endpoint = next,
+                        None => return failed(version, e, start),
                     }
-                    version.metrics.count_error(e.kind);
-                    outlier::on_failure(app, version, endpoint);
-                    // Nothing reached the upstream after a connect error; after a reset it may
-                    // have, so only idempotent requests go again.
-                    let safe = match e.kind {
-                        UpstreamErrorKind::Connect => true,
-                        UpstreamErrorKind::Protocol => idempotent,
-                        UpstreamErrorKind::Timeout | UpstreamErrorKind::NoEndpoint => false,
-                    };
-                    let next = (attempts_left > 0 && safe)
-                        .then(|| version.pool.pick_other(endpoint.addr))
-                        .flatten()
-                        .filter(|_| app.upstream.budget.try_retry(app.retry.budget_percent, app.retry.budget_min));
-                    if let Some(next) = next {
-                        tracing::debug!(
-                            app = %app.name, version = %version.name, from = %endpoint.name, to = %next.name,
-                            kind = e.kind.as_str(), "retrying on another endpoint: {}", e.message
-                        );
-                        version.metrics.retries.inc();
-                        attempts_left -= 1;
-                        endpoint = next;
-                        continue;
-                    }
-                    tracing::warn!(
-                        app = %app.name, version = %version.name, endpoint = %endpoint.name,
-                        kind = e.kind.as_str(), "upstream error: {}", e.message
-                    );
-                    let resp = error_response(&ProxyError::Upstream(e));
-                    version.metrics.count_status(resp.status());
-                    version.metrics.latency.observe(start.elapsed().as_secs_f64());
-                    return resp;
                 }
+            }
+        }
+    }
+
+    /// The app, version and endpoint for a request to `host`, or why there is none (counted).
+    fn pick<'s>(
+        &self,
+        snap: &'s Snapshot,
+        host: Option<&str>,
+    ) -> Result<(&'s App, &'s Version, &'s Endpoint), ProxyError> {
+        let Some(app) = snap.route(self.listener, host) else {
+            self.unrouted.inc();
+            return Err(ProxyError::NoRoute(host.map(str::to_owned)));
+        };
+        app.upstream.budget.record_request();
+        let (version, endpoint) = choose(app);
+        let Some(endpoint) = endpoint else {
+            version.metrics.count_error(UpstreamErrorKind::NoEndpoint);
+            let err = ProxyError::NoEndpoint(Arc::clone(&version.name));
+            tracing::warn!(app = %app.name, version = %version.name, "{err}");
+            version.metrics.count_status(err.answer().0);
+            return Err(err);
+        };
+        Ok((app, version, endpoint))
+    }
+}
+
+/// Counts a response whose head came from `endpoint`: its status, the time to it, and a 5xx
+/// against the endpoint where the app counts those.
+fn answered(app: &App, version: &Version, endpoint: &Endpoint, status: StatusCode, start: Instant) {
+    if status.is_server_error() && app.outlier.count_5xx {
+        outlier::on_failure(app, version, endpoint);
+    }
+    version.metrics.count_status(status);
+    version.metrics.latency.observe(start.elapsed().as_secs_f64());
+}
+
+/// The response to a request whose last attempt failed with `e`, counted.
+fn failed(version: &Version, e: UpstreamError, start: Instant) -> Response<ResponseBody> {
+    let resp = error_response(&ProxyError::Upstream(e));
+    version.metrics.count_status(resp.status());
+    version.metrics.latency.observe(start.elapsed().as_secs_f64());
+    resp
+}
+
+/// The retries one request has left, and what decides them.
+struct Attempts {
+    /// Further attempts allowed (0 for a request whose body cannot be sent again).
+    left: u32,
+    idempotent: bool,
+    /// Whether the one retry after a stale connection was used.
+    stale_retried: bool,
+}
+
+impl Attempts {
+    fn new(app: &App, replayable: bool, idempotent: bool) -> Self {
+        Attempts { left: if replayable { app.retry.attempts } else { 0 }, idempotent, stale_retried: false }
+    }
+
+    /// Counts an attempt's failure on `endpoint` and picks where the request goes next: the
+    /// same endpoint, another one, or nowhere (`None`: answer with the error).
+    fn after_failure<'a>(
+        &mut self,
+        app: &'a App,
+        version: &'a Version,
+        endpoint: &'a Endpoint,
+        e: &UpstreamError,
+    ) -> Option<&'a Endpoint> {
+        // A kept-alive connection closed under the request by the upstream: the same
+        // endpoint gets it again, once, on a fresh connection. Only requests safe to repeat,
+        // as the upstream may have read it.
+        if e.stale && self.idempotent && self.left > 0 && !self.stale_retried {
+            tracing::debug!(app = %app.name, endpoint = %endpoint.name, "stale upstream connection: {}", e.message);
+            self.stale_retried = true;
+            return Some(endpoint);
+        }
+        version.metrics.count_error(e.kind);
+        outlier::on_failure(app, version, endpoint);
+        // Nothing reached the upstream after a connect error; after a reset it may have, so
+        // only idempotent requests go again.
+        let safe = match e.kind {
+            UpstreamErrorKind::Connect => true,
+            UpstreamErrorKind::Protocol => self.idempotent,
+            UpstreamErrorKind::Timeout | UpstreamErrorKind::NoEndpoint => false,
+        };
+        let next = (self.left > 0 && safe)
+            .then(|| version.pool.pick_other(endpoint.addr))
+            .flatten()
+            .filter(|_| app.upstream.budget.try_retry(app.retry.budget_percent, app.retry.budget_min));
+        match next {
+            Some(next) => {
+                tracing::debug!(
+                    app = %app.name, version = %version.name, from = %endpoint.name, to = %next.name,
+                    kind = e.kind.as_str(), "retrying on another endpoint: {}", e.message
+                );
+                version.metrics.retries.inc();
+                self.left -= 1;
+                Some(next)
+            }
+            None => {
+                tracing::warn!(
+                    app = %app.name, version = %version.name, endpoint = %endpoint.name,
+                    kind = e.kind.as_str(), "upstream error: {}", e.message
+                );
+                None
             }
         }
     }

@@ -1,9 +1,10 @@
 //! The pooled keep-alive HTTP client to an app's endpoints, and how its failures are classified.
 
-use std::collections::VecDeque;
+mod idle;
+
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, PoisonError, Weak};
+use std::sync::{Arc, Weak};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -16,6 +17,7 @@ use tokio::net::TcpStream;
 use crate::config::TimeoutConfig;
 use crate::metrics::UpstreamErrorKind;
 use crate::pool::clock_ms;
+use idle::IdleList;
 
 /// Body of a request sent upstream: the client's streamed body, or nothing (for requests that
 /// are re-sent, which carry no body).
@@ -32,10 +34,13 @@ pub struct Upstream {
 /// endpoint leaves (a reload, a pod gone) its idle connections close as soon as the last
 /// snapshot holding it is dropped, and no lock is shared across endpoints. Cloning shares them.
 ///
+/// Two kinds: raw sockets for the HTTP/1.1 fast path ([`HttpClient::raw`]), which writes and
+/// reads them itself, and hyper connections for every other exchange ([`HttpClient::send`]).
 /// A request takes the most recently used idle connection (the warmest, and it lets the
-/// oldest ones age out), or opens one; the connection returns to the idle list only once its
-/// response body has been read to the end (see [`Lease`]), so an idle connection is always
-/// ready for the next request. Idle connections close after `timeouts.idle`.
+/// oldest ones age out), or opens one; a connection returns to its idle list only once its
+/// response body has been read to the end (see [`Lease`] and [`RawConn`]), so an idle
+/// connection is always ready for the next request. Idle connections close after
+/// `timeouts.idle`.
 #[derive(Debug, Clone)]
 pub struct HttpClient {
     conns: Arc<Connections>,
@@ -47,16 +52,10 @@ pub struct HttpClient {
 struct Connections {
     addr: SocketAddr,
     timeouts: TimeoutConfig,
-    /// Most recently returned at the back.
-    idle: Mutex<VecDeque<Idle>>,
+    hyper: IdleList<SendRequest<RequestBody>>,
+    raw: IdleList<TcpStream>,
     /// Whether the task closing expired idle connections runs.
     sweeping: AtomicBool,
-}
-
-#[derive(Debug)]
-struct Idle {
-    sender: SendRequest<RequestBody>,
-    since_ms: u64,
 }
 
 /// An upstream connection lent to one exchange. [`Lease::release`] gives it back for reuse
@@ -72,8 +71,34 @@ impl Lease {
     /// Returns the connection to its endpoint's idle list.
     pub fn release(mut self) {
         if let Some(sender) = self.sender.take() {
-            self.conns.check_in(sender);
+            self.conns.hyper.check_in(sender);
         }
+    }
+}
+
+/// A raw upstream socket lent to one exchange of the HTTP/1.1 fast path, which frames the
+/// request and response itself. [`RawConn::release`] gives it back once a response was read
+/// exactly to its end; dropped, it closes.
+#[derive(Debug)]
+pub struct RawConn {
+    /// The socket.
+    pub stream: TcpStream,
+    /// Whether it served an earlier exchange (and so may have been closed by the upstream
+    /// meanwhile).
+    pub reused: bool,
+    conns: Arc<Connections>,
+}
+
+impl RawConn {
+    /// Returns the connection to its endpoint's idle list.
+    pub fn release(self) {
+        self.conns.raw.check_in(self.stream);
+    }
+
+    /// Marks a failure on this reused connection as the upstream having closed it while
+    /// idle: the connections idle longer are as stale, and close.
+    pub fn stale(&self) {
+        self.conns.raw.clear();
     }
 }
 
@@ -137,7 +162,8 @@ impl HttpClient {
         let conns = Connections {
             addr,
             timeouts: timeouts.clone(),
-            idle: Mutex::new(VecDeque::new()),
+            hyper: IdleList::new(),
+            raw: IdleList::new(),
             sweeping: AtomicBool::new(false),
         };
         HttpClient { conns: Arc::new(conns), timeouts: timeouts.clone() }
@@ -146,6 +172,15 @@ impl HttpClient {
     /// Whether two handles share one set of connections.
     pub fn same_pool(&self, other: &HttpClient) -> bool {
         Arc::ptr_eq(&self.conns, &other.conns)
+    }
+
+    /// A raw connection for the HTTP/1.1 fast path: an idle one, or a new one.
+    pub async fn raw(&self) -> Result<RawConn, UpstreamError> {
+        let (stream, reused) = match self.conns.raw.check_out(self.conns.idle_ms()) {
+            Some(stream) => (stream, true),
+            None => (Box::pin(self.conns.open()).await?, false),
+        };
+        Ok(RawConn { stream, reused, conns: Arc::clone(&self.conns) })
     }
 
     /// Sends `req` (its URI in origin form) and waits for the response headers, within the
@@ -169,10 +204,10 @@ impl HttpClient {
         mut req: http::Request<RequestBody>,
     ) -> Result<(http::Response<Incoming>, Lease), UpstreamError> {
         loop {
-            let (mut sender, reused) = match self.conns.check_out() {
+            let (mut sender, reused) = match self.conns.hyper.check_out(self.conns.idle_ms()) {
                 Some(sender) => (sender, true),
                 // Boxed: the rare path should not grow every request's future.
-                None => (Box::pin(self.conns.connect()).await?, false),
+                None => (Box::pin(self.conns.handshake()).await?, false),
             };
             // A fresh connection takes its first request before its task has run; a reused
             // one is ready unless the upstream closed it meanwhile.
@@ -190,7 +225,7 @@ impl HttpClient {
                         if reused && err.kind == UpstreamErrorKind::Protocol {
                             // The connections idle longer than this one are as stale: close
                             // them, so the next try opens a fresh one.
-                            self.conns.lock().clear();
+                            self.conns.hyper.clear();
                             err.stale = true;
                         }
                         return Err(err);
@@ -202,44 +237,12 @@ impl HttpClient {
 }
 
 impl Connections {
-    fn lock(&self) -> std::sync::MutexGuard<'_, VecDeque<Idle>> {
-        self.idle.lock().unwrap_or_else(PoisonError::into_inner)
+    fn idle_ms(&self) -> u64 {
+        self.timeouts.idle.as_millis() as u64
     }
 
-    fn check_out(&self) -> Option<SendRequest<RequestBody>> {
-        let now = clock_ms();
-        let idle_ms = self.timeouts.idle.as_millis() as u64;
-        let mut idle = self.lock();
-        while let Some(c) = idle.pop_back() {
-            if now.saturating_sub(c.since_ms) >= idle_ms {
-                // The most recent one expired, so did all the older ones.
-                idle.clear();
-                return None;
-            }
-            if !c.sender.is_closed() {
-                return Some(c.sender);
-            }
-        }
-        None
-    }
-
-    fn check_in(&self, sender: SendRequest<RequestBody>) {
-        if !sender.is_closed() {
-            self.lock().push_back(Idle { sender, since_ms: clock_ms() });
-        }
-    }
-
-    /// Closes the idle connections unused for `timeouts.idle`.
-    fn close_expired(&self) {
-        let now = clock_ms();
-        let idle_ms = self.timeouts.idle.as_millis() as u64;
-        let mut idle = self.lock();
-        while idle.front().is_some_and(|c| now.saturating_sub(c.since_ms) >= idle_ms || c.sender.is_closed()) {
-            idle.pop_front();
-        }
-    }
-
-    async fn connect(self: &Arc<Self>) -> Result<SendRequest<RequestBody>, UpstreamError> {
+    /// Opens a TCP connection, within the connect timeout.
+    async fn open(self: &Arc<Self>) -> Result<TcpStream, UpstreamError> {
         let addr = self.addr;
         let stream = match tokio::time::timeout(self.timeouts.connect, TcpStream::connect(addr)).await {
             Ok(Ok(stream)) => stream,
@@ -262,16 +265,28 @@ impl Connections {
         let _ = stream.set_nodelay(true);
         let keepalive = socket2::TcpKeepalive::new().with_time(Duration::from_secs(60));
         let _ = socket2::SockRef::from(&stream).set_tcp_keepalive(&keepalive);
+        if !self.sweeping.swap(true, Ordering::Relaxed) {
+            spawn_sweeper(Arc::downgrade(self), self.timeouts.idle);
+        }
+        Ok(stream)
+    }
+
+    /// Opens a hyper HTTP/1.1 connection, its task spawned.
+    async fn handshake(self: &Arc<Self>) -> Result<SendRequest<RequestBody>, UpstreamError> {
+        let addr = self.addr;
+        let stream = self.open().await?;
         let (sender, conn) = http1::handshake(TokioIo::new(stream)).await.map_err(|e| classify(&e))?;
         tokio::spawn(async move {
             if let Err(e) = conn.await {
                 tracing::debug!(%addr, "upstream connection ended: {e}");
             }
         });
-        if !self.sweeping.swap(true, Ordering::Relaxed) {
-            spawn_sweeper(Arc::downgrade(self), self.timeouts.idle);
-        }
         Ok(sender)
+    }
+
+    fn close_expired(&self) {
+        self.hyper.close_expired(self.idle_ms());
+        self.raw.close_expired(self.idle_ms());
     }
 }
 
