@@ -2,6 +2,7 @@
 //! status codes.
 
 mod body;
+mod h1;
 mod headers;
 
 use std::sync::Arc;

@@ -120,6 +120,8 @@ pub async fn start_with(config: Config, path: Option<std::path::PathBuf>) -> Res
         tracing::info!(listener = %name, %addr, "listening");
         listeners.insert(name, addr);
         let proxy = Proxy::new(Arc::clone(&snapshot), &metrics, index);
+        // HTTP/1.1 requests without a body take the fast path; hyper serves the rest.
+        let forward = Some(proxy.clone());
         let handler = move |req, client| {
             let proxy = proxy.clone();
             async move { proxy.handle(req, client).await }
@@ -129,7 +131,7 @@ pub async fn start_with(config: Config, path: Option<std::path::PathBuf>) -> Res
         let (open, cancel) = (open.clone(), traffic_cancel.clone());
         traffic.spawn(async move {
             tokio::select! {
-                () = open.cancelled() => listener::serve(socket, handler, cancel, grace).await,
+                () = open.cancelled() => listener::serve_with(socket, handler, forward, cancel, grace).await,
                 () = cancel.cancelled() => {}
             }
         });

@@ -1,0 +1,405 @@
+//! The HTTP/1.1 fast path: a request without a body, on a plain HTTP/1.1 connection, is
+//! forwarded by Weir itself, between the client's socket and a pooled upstream socket, the
+//! way nginx and HAProxy do it: the request head is parsed in place (`httparse`) and
+//! rewritten into one buffer, the response head likewise, and the body is copied with its
+//! framing as it came (length-delimited, chunked or until close), never decoded or buffered
+//! whole. No connection task, channel or header map per exchange.
+//!
+//! Anything else (a request body, `Expect`, an upgrade, HTTP/1.0, absolute-form targets, a
+//! head httparse rejects) goes to the general path, hyper, with its bytes unread: the
+//! routing, retries, health and metrics are the same functions either way.
+
+mod chunked;
+mod head;
+
+use std::time::Instant;
+
+use bytes::{Buf, Bytes, BytesMut};
+use http::{Response, StatusCode};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio_util::sync::CancellationToken;
+
+use super::{Attempts, Proxy, ResponseBody, answered, failed};
+use crate::listener::{Forward, Forwarded, HEADER_READ_TIMEOUT, PARK_AFTER, Peer};
+use crate::metrics::UpstreamErrorKind;
+use crate::pool::{Endpoint, InFlight};
+use crate::snapshot::{App, Snapshot, Version};
+use crate::upstream::{HttpClient, RawConn, UpstreamError};
+use head::Framing;
+
+type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+/// Fields per head, as hyper allows.
+const MAX_HEADERS: usize = 100;
+/// A head longer than this is left to hyper (request: it answers 431) or refused (response).
+const MAX_HEAD: usize = 64 * 1024;
+/// Read size for heads.
+const HEAD_CHUNK: usize = 4096;
+/// Read size for bodies.
+const BODY_CHUNK: usize = 16 * 1024;
+
+impl Forward for Proxy {
+    fn forward(
+        &self,
+        stream: &mut TcpStream,
+        pending: &mut Bytes,
+        peer: &Peer,
+        cancel: &CancellationToken,
+    ) -> impl Future<Output = Result<Forwarded, BoxError>> + Send {
+        self.forward_h1(stream, pending, peer, cancel)
+    }
+}
+
+/// Buffers of one busy connection, reused across its requests and dropped when it parks.
+struct Buffers {
+    /// The request head as it goes upstream (kept for retries).
+    req: Vec<u8>,
+    /// The response head as it goes to the client, with the first bytes of its body.
+    resp: Vec<u8>,
+    /// Bytes read from upstream.
+    up: BytesMut,
+}
+
+/// Where a request goes and what it asked.
+struct Route<'s> {
+    app: &'s App,
+    version: &'s Version,
+    endpoint: &'s Endpoint,
+    /// The client connection closes after the response.
+    close: bool,
+    idempotent: bool,
+    /// A HEAD request.
+    head: bool,
+}
+
+/// What to do with the request at the front of the buffer.
+enum Step<'s> {
+    /// Send it upstream; its head was `len` bytes.
+    Forward { len: usize, route: Route<'s> },
+    /// Answer it from Weir (no route, no endpoint).
+    Answer { len: usize, close: bool, head: bool, resp: Response<ResponseBody> },
+    /// Leave it to hyper.
+    Fallback(&'static str),
+}
+
+impl Proxy {
+    async fn forward_h1(
+        &self,
+        client: &mut TcpStream,
+        pending: &mut Bytes,
+        peer: &Peer,
+        cancel: &CancellationToken,
+    ) -> Result<Forwarded, BoxError> {
+        let mut buf = BytesMut::with_capacity(HEAD_CHUNK.max(pending.len()));
+        buf.extend_from_slice(pending);
+        *pending = Bytes::new();
+        let mut bufs = Buffers { req: Vec::with_capacity(1024), resp: Vec::with_capacity(1024), up: BytesMut::new() };
+        // Parked after a whole tick with no request and nothing pending (one timer per busy
+        // spell, not per request).
+        let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + PARK_AFTER, PARK_AFTER);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut busy = !buf.is_empty();
+        let mut head_since = None;
+        loop {
+            let mut searched = 0;
+            while !head::head_ended(&buf, searched) {
+                if buf.len() > MAX_HEAD {
+                    *pending = buf.freeze();
+                    return Ok(Forwarded::Fallback);
+                }
+                searched = buf.len();
+                if buf.is_empty() {
+                    head_since = None;
+                } else if head_since.is_none() {
+                    head_since = Some(tokio::time::Instant::now());
+                }
+                if buf.capacity() - buf.len() < HEAD_CHUNK / 4 {
+                    buf.reserve(HEAD_CHUNK);
+                }
+                tokio::select! {
+                    biased;
+                    () = cancel.cancelled() => return Ok(Forwarded::Close),
+                    _ = tick.tick() => {
+                        if buf.is_empty() && !busy {
+                            return Ok(Forwarded::Park);
+                        }
+                        if head_since.is_some_and(|t| t.elapsed() >= HEADER_READ_TIMEOUT) {
+                            return Err("request head not complete within the header read timeout".into());
+                        }
+                        busy = false;
+                    }
+                    read = client.read_buf(&mut buf) => if read? == 0 {
+                        return Ok(Forwarded::Close);
+                    },
+                }
+            }
+            busy = true;
+            let start = Instant::now();
+            // One view of the routing state for the whole request, retries included.
+            let snap = self.snapshot.load_full();
+            match self.prepare(&snap, &buf, peer, &mut bufs.req) {
+                Step::Fallback(why) => {
+                    tracing::trace!(client = %peer.addr, "to the general path: {why}");
+                    *pending = buf.freeze();
+                    return Ok(Forwarded::Fallback);
+                }
+                Step::Answer { len, close, head, resp } => {
+                    buf.advance(len);
+                    let close = close || cancel.is_cancelled();
+                    encode_local(&resp, close, head, &mut bufs.resp);
+                    client.write_all(&bufs.resp).await?;
+                    if close {
+                        return Ok(Forwarded::Close);
+                    }
+                }
+                Step::Forward { len, route } => {
+                    buf.advance(len);
+                    if !self.exchange(route, client, &mut bufs, cancel, start).await? {
+                        return Ok(Forwarded::Close);
+                    }
+                }
+            }
+        }
+    }
+
+    /// Parses the request at the front of `buf`, routes it, and writes its upstream head into
+    /// `out`. No I/O.
+    fn prepare<'s>(&self, snap: &'s Snapshot, buf: &[u8], peer: &Peer, out: &mut Vec<u8>) -> Step<'s> {
+        let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
+        let mut req = httparse::Request::new(&mut headers);
+        let len = match req.parse(buf) {
+            Ok(httparse::Status::Complete(len)) => len,
+            Ok(httparse::Status::Partial) => return Step::Fallback("a head httparse does not see whole"),
+            Err(_) => return Step::Fallback("an invalid head (hyper answers it)"),
+        };
+        let (host, close, idempotent, head) = match head::inspect_request(&req) {
+            head::Request::Forward { host, close, idempotent, head } => (host, close, idempotent, head),
+            head::Request::Fallback(why) => return Step::Fallback(why),
+        };
+        match self.pick(snap, host) {
+            Err(e) => Step::Answer { len, close, head, resp: super::error_response(&e) },
+            Ok((app, version, endpoint)) => {
+                head::encode_request(&req, host, peer.ip.as_bytes(), self.proto, out);
+                Step::Forward { len, route: Route { app, version, endpoint, close, idempotent, head } }
+            }
+        }
+    }
+
+    /// Sends the request in `bufs.req` upstream (with the general path's retries) and
+    /// forwards the response. `Ok(false)`: the client connection closes after it.
+    async fn exchange(
+        &self,
+        route: Route<'_>,
+        client: &mut TcpStream,
+        bufs: &mut Buffers,
+        cancel: &CancellationToken,
+        start: Instant,
+    ) -> Result<bool, BoxError> {
+        let Route { app, version, mut endpoint, close, idempotent, head } = route;
+        let close = close || cancel.is_cancelled();
+        let mut attempts = Attempts::new(app, true, idempotent);
+        loop {
+            endpoint.requests.inc();
+            let in_flight = InFlight::start(&endpoint.state);
+            let client_ = &endpoint.client;
+            let sent = attempt(client_, &bufs.req, &mut bufs.up, &mut bufs.resp, head, close);
+            let result = match tokio::time::timeout(client_.timeouts.request, sent).await {
+                Ok(result) => result,
+                Err(_) => Err(UpstreamError {
+                    kind: UpstreamErrorKind::Timeout,
+                    message: format!("no response headers within {:?}", client_.timeouts.request),
+                    stale: false,
+                }),
+            };
+            match result {
+                Ok((mut conn, len, resp)) => {
+                    let status = StatusCode::from_u16(resp.status).unwrap_or(StatusCode::BAD_GATEWAY);
+                    answered(app, version, endpoint, status, start);
+                    bufs.up.advance(len);
+                    let clean_end = forward_body(client, &mut conn, resp.framing, bufs).await?;
+                    drop(in_flight);
+                    if clean_end && resp.reusable {
+                        conn.release();
+                    }
+                    return Ok(!resp.close);
+                }
+                Err(e) => {
+                    drop(in_flight);
+                    match attempts.after_failure(app, version, endpoint, &e) {
+                        Some(next) => endpoint = next,
+                        None => {
+                            encode_local(&failed(version, e, start), close, head, &mut bufs.resp);
+                            client.write_all(&bufs.resp).await?;
+                            return Ok(!close);
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// One attempt: a connection to the endpoint, the request written, and a final response head
+/// read (1xx informational heads are skipped, as hyper's client does) and rewritten into
+/// `out`. Returns the connection, the head's length in `up`, and what it says.
+async fn attempt(
+    client: &HttpClient,
+    req: &[u8],
+    up: &mut BytesMut,
+    out: &mut Vec<u8>,
+    head: bool,
+    close: bool,
+) -> Result<(RawConn, usize, head::Response), UpstreamError> {
+    let mut conn = client.raw().await?;
+    up.clear();
+    // A reused connection that fails before any byte of response came back was closed by
+    // the upstream while idle: stale, not the endpoint's fault.
+    let io_error = |conn: &RawConn, up: &BytesMut, message: String, timed_out: bool| {
+        let kind = if timed_out { UpstreamErrorKind::Timeout } else { UpstreamErrorKind::Protocol };
+        let stale = conn.reused && up.is_empty() && kind == UpstreamErrorKind::Protocol;
+        if stale {
+            conn.stale();
+        }
+        UpstreamError { kind, message, stale }
+    };
+    if let Err(e) = conn.stream.write_all(req).await {
+        let timed_out = e.kind() == std::io::ErrorKind::TimedOut;
+        return Err(io_error(&conn, up, format!("writing the request: {e}"), timed_out));
+    }
+    let protocol = |message: String| UpstreamError { kind: UpstreamErrorKind::Protocol, message, stale: false };
+    let mut searched = 0;
+    loop {
+        if head::head_ended(up, searched) {
+            let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
+            let mut resp = httparse::Response::new(&mut headers);
+            match resp.parse(up) {
+                Ok(httparse::Status::Complete(len)) => match resp.code {
+                    Some(101) => return Err(protocol("101 Switching Protocols to a request without upgrade".into())),
+                    Some(100..=199) => {
+                        up.advance(len);
+                        searched = 0;
+                        continue;
+                    }
+                    _ => {
+                        let r = head::encode_response(&resp, head, close, out)
+                            .map_err(|e| protocol(format!("invalid response head: {e}")))?;
+                        return Ok((conn, len, r));
+                    }
+                },
+                Ok(httparse::Status::Partial) => {}
+                Err(e) => return Err(protocol(format!("invalid response head: {e}"))),
+            }
+        }
+        if up.len() > MAX_HEAD {
+            return Err(protocol(format!("response head over {MAX_HEAD} bytes")));
+        }
+        searched = up.len();
+        if up.capacity() - up.len() < HEAD_CHUNK / 4 {
+            up.reserve(HEAD_CHUNK);
+        }
+        match conn.stream.read_buf(up).await {
+            Ok(0) => return Err(io_error(&conn, up, "connection closed before a response".into(), false)),
+            Ok(_) => {}
+            Err(e) => {
+                let timed_out = e.kind() == std::io::ErrorKind::TimedOut;
+                return Err(io_error(&conn, up, format!("reading the response: {e}"), timed_out));
+            }
+        }
+    }
+}
+
+/// Writes the response head in `bufs.resp` and the body after it, copied from `conn` as it
+/// comes. `Ok(true)`: the body ended where its framing said, with nothing after it, so the
+/// connection can serve again. An error (either side gone) closes the client connection: a
+/// response cut short cannot be told apart from a whole one any other way.
+async fn forward_body(
+    client: &mut TcpStream,
+    conn: &mut RawConn,
+    framing: Framing,
+    bufs: &mut Buffers,
+) -> Result<bool, BoxError> {
+    let Buffers { resp, up, .. } = bufs;
+    let mut body = BodyEnd::new(framing);
+    // The head and what came of the body with it go out in one write.
+    let first = body.take(up)?;
+    resp.extend_from_slice(&up[..first]);
+    up.advance(first);
+    client.write_all(resp).await?;
+    while !body.done() {
+        up.clear();
+        up.reserve(BODY_CHUNK);
+        if conn.stream.read_buf(up).await? == 0 {
+            if framing == Framing::UntilClose {
+                return Ok(false);
+            }
+            return Err("upstream closed the connection before the end of the body".into());
+        }
+        let n = body.take(up)?;
+        client.write_all(&up[..n]).await?;
+        up.advance(n);
+    }
+    Ok(up.is_empty())
+}
+
+/// Tracks how much of a body is left, by its framing.
+struct BodyEnd {
+    framing: Framing,
+    left: u64,
+    chunks: chunked::Scanner,
+}
+
+impl BodyEnd {
+    fn new(framing: Framing) -> Self {
+        let left = if let Framing::Length(n) = framing { n } else { 0 };
+        BodyEnd { framing, left, chunks: chunked::Scanner::default() }
+    }
+
+    /// How many of `bytes` belong to the body.
+    fn take(&mut self, bytes: &[u8]) -> Result<usize, chunked::Invalid> {
+        Ok(match self.framing {
+            Framing::Empty => 0,
+            Framing::Length(_) => {
+                let n = self.left.min(bytes.len() as u64);
+                self.left -= n;
+                n as usize
+            }
+            Framing::Chunked => self.chunks.scan(bytes)?.unwrap_or(bytes.len()),
+            Framing::UntilClose => bytes.len(),
+        })
+    }
+
+    fn done(&self) -> bool {
+        match self.framing {
+            Framing::Empty => true,
+            Framing::Length(_) => self.left == 0,
+            Framing::Chunked => self.chunks.is_done(),
+            Framing::UntilClose => false,
+        }
+    }
+}
+
+/// Writes a response Weir made (see [`super::error_response`]) into `out`.
+fn encode_local(resp: &Response<ResponseBody>, close: bool, head: bool, out: &mut Vec<u8>) {
+    use std::io::Write as _;
+    let body: &[u8] = match resp.body() {
+        ResponseBody::Local(Some(b)) => b,
+        _ => &[],
+    };
+    out.clear();
+    let status = resp.status();
+    let _ = write!(out, "HTTP/1.1 {} {}\r\n", status.as_str(), status.canonical_reason().unwrap_or(""));
+    for (name, value) in resp.headers() {
+        for part in [name.as_str().as_bytes(), b": ", value.as_bytes(), b"\r\n"] {
+            out.extend_from_slice(part);
+        }
+    }
+    let _ = write!(out, "content-length: {}\r\n", body.len());
+    if close {
+        out.extend_from_slice(b"connection: close\r\n");
+    }
+    out.extend_from_slice(b"\r\n");
+    if !head {
+        out.extend_from_slice(body);
+    }
+}
