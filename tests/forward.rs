@@ -238,3 +238,59 @@ async fn what_the_fast_path_leaves_alone_goes_through_hyper_on_the_same_connecti
     assert!(got.starts_with("HTTP/1.1 400 Bad Request\r\n"), "{got}");
     weir.shutdown().await;
 }
+
+/// An upstream that answers every request and closes a connection left idle for 50 ms (a
+/// short keep-alive timeout, as Node's 5 s one is to clients slower than that).
+async fn idle_closing() -> (SocketAddr, Arc<AtomicU64>) {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let accepted = Arc::new(AtomicU64::new(0));
+    let count = accepted.clone();
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = listener.accept().await {
+            count.fetch_add(1, Ordering::SeqCst);
+            tokio::spawn(async move {
+                let mut buf = Vec::new();
+                let mut chunk = [0u8; 4096];
+                loop {
+                    while !buf.windows(4).any(|w| w == b"\r\n\r\n") {
+                        match tokio::time::timeout(Duration::from_millis(50), s.read(&mut chunk)).await {
+                            Ok(Ok(n)) if n > 0 => buf.extend_from_slice(&chunk[..n]),
+                            _ => return, // idle too long, or closed: the socket closes
+                        }
+                    }
+                    buf.clear();
+                    if s.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 3\r\n\r\nok\n").await.is_err() {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    (addr, accepted)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_upstream_that_closed_an_idle_connection_is_not_sent_a_request_on_it() {
+    let (addr, accepted) = idle_closing().await;
+    let weir = weir_in_front_of(addr).await;
+    let (url, admin) = urls(&weir);
+    let client = Client::new();
+    for i in 0..5 {
+        assert_eq!(client.get(&url).await.status, 200, "GET {i}");
+        tokio::time::sleep(Duration::from_millis(150)).await;
+        // Not idempotent, so no retry would save it: the dead socket must be noticed at
+        // check-out, before anything is written on it.
+        let got = raw(
+            weir.listeners["main"],
+            b"POST /order HTTP/1.1\r\nHost: a\r\nContent-Length: 0\r\nConnection: close\r\n\r\n",
+        )
+        .await;
+        assert!(got.starts_with("HTTP/1.1 200 OK\r\n"), "POST {i}: {got}");
+        tokio::time::sleep(Duration::from_millis(150)).await;
+    }
+    assert_eq!(accepted.load(Ordering::SeqCst), 10, "a fresh connection for every request after an idle close");
+    let view = client.get(&format!("{admin}/apps/web")).await.json();
+    assert_eq!(common::endpoint(&view, "only")["healthy"], true);
+    weir.shutdown().await;
+}

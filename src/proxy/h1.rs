@@ -213,15 +213,12 @@ impl Proxy {
                 }),
             };
             match result {
-                Ok((mut conn, len, resp)) => {
+                Ok((conn, len, resp)) => {
                     let status = StatusCode::from_u16(resp.status).unwrap_or(StatusCode::BAD_GATEWAY);
                     answered(app, version, endpoint, status, start);
                     bufs.up.advance(len);
-                    let clean_end = forward_body(client, &mut conn, resp.framing, bufs).await?;
+                    forward_body(client, conn, resp, bufs).await?;
                     drop(in_flight);
-                    if clean_end && resp.reusable {
-                        conn.release();
-                    }
                     return Ok(!resp.close);
                 }
                 Err(e) => {
@@ -310,36 +307,50 @@ async fn attempt(
 }
 
 /// Writes the response head in `bufs.resp` and the body after it, copied from `conn` as it
-/// comes. `Ok(true)`: the body ended where its framing said, with nothing after it, so the
-/// connection can serve again. An error (either side gone) closes the client connection: a
-/// response cut short cannot be told apart from a whole one any other way.
+/// comes. Once the body was read to where its framing says it ends, with nothing after it,
+/// the connection goes back to the pool (if `resp` allows) before the last bytes are written
+/// to the client: the next request, from any client, can have it. An error (either side
+/// gone) closes the client connection: a response cut short cannot be told apart from a
+/// whole one any other way.
 async fn forward_body(
     client: &mut TcpStream,
-    conn: &mut RawConn,
-    framing: Framing,
+    mut conn: RawConn,
+    resp: head::Response,
     bufs: &mut Buffers,
-) -> Result<bool, BoxError> {
-    let Buffers { resp, up, .. } = bufs;
-    let mut body = BodyEnd::new(framing);
+) -> Result<(), BoxError> {
+    let Buffers { resp: out, up, .. } = bufs;
+    let mut body = BodyEnd::new(resp.framing);
     // The head and what came of the body with it go out in one write.
     let first = body.take(up)?;
-    resp.extend_from_slice(&up[..first]);
-    up.advance(first);
-    client.write_all(resp).await?;
-    while !body.done() {
+    out.extend_from_slice(&up[..first]);
+    if body.done() {
+        finish(conn, resp.reusable && up.len() == first);
+        return Ok(client.write_all(out).await?);
+    }
+    client.write_all(out).await?;
+    loop {
         up.clear();
         up.reserve(BODY_CHUNK);
         if conn.stream.read_buf(up).await? == 0 {
-            if framing == Framing::UntilClose {
-                return Ok(false);
+            if resp.framing == Framing::UntilClose {
+                return Ok(());
             }
             return Err("upstream closed the connection before the end of the body".into());
         }
         let n = body.take(up)?;
+        if body.done() {
+            finish(conn, resp.reusable && up.len() == n);
+            return Ok(client.write_all(&up[..n]).await?);
+        }
         client.write_all(&up[..n]).await?;
-        up.advance(n);
     }
-    Ok(up.is_empty())
+}
+
+/// Gives a connection whose response was read whole back to its pool, or closes it.
+fn finish(conn: RawConn, reusable: bool) {
+    if reusable {
+        conn.release();
+    }
 }
 
 /// Tracks how much of a body is left, by its framing.
