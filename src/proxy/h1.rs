@@ -135,6 +135,8 @@ impl Proxy {
                 }
             }
             busy = true;
+            // A whole head: the next one, even if already partly here, gets its own 30 s.
+            head_since = None;
             let start = Instant::now();
             // One view of the routing state for the whole request, retries included.
             let snap = self.snapshot.load_full();
