@@ -231,7 +231,8 @@ pub struct OutlierConfig {
 }
 
 /// `retry`: a request that failed before any byte reached the upstream is sent to another
-/// endpoint of the same version. Only bodyless requests are retried; after a reset, only
+/// endpoint of the same version. Only requests whose body Weir holds are retried (bodyless ones,
+/// and HTTP/1.1 `Content-Length` bodies up to 64 KiB, read whole first); after a reset, only
 /// idempotent ones (GET, HEAD, OPTIONS, TRACE, PUT, DELETE), since the upstream may have seen it.
 #[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]

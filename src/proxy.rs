@@ -99,7 +99,8 @@ impl Proxy {
         let path = parts.uri.path_and_query().cloned().unwrap_or_else(|| PathAndQuery::from_static("/"));
         strip_hop_by_hop(&mut parts.headers);
         set_forwarded(&mut parts.headers, &client.ip, self.proto, parts.uri.authority().map(|a| a.as_str()));
-        // Only a request without a body can be sent again; it keeps its head for that.
+        // Only a request without a body can be sent again here (a streamed body is gone once
+        // sent); it keeps its head for that.
         let replayable = body.is_end_stream();
         let mut attempts = Attempts::new(app, replayable, parts.method.is_idempotent());
         let mut head = Some(parts);

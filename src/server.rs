@@ -120,7 +120,8 @@ pub async fn start_with(config: Config, path: Option<std::path::PathBuf>) -> Res
         tracing::info!(listener = %name, %addr, "listening");
         listeners.insert(name, addr);
         let proxy = Proxy::new(Arc::clone(&snapshot), &metrics, index);
-        // HTTP/1.1 requests without a body take the fast path; hyper serves the rest.
+        // HTTP/1.1 requests without a body or with a small one take the fast path; hyper
+        // serves the rest.
         let forward = Some(proxy.clone());
         let handler = move |req, client| {
             let proxy = proxy.clone();

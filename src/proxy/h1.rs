@@ -1,12 +1,13 @@
-//! The HTTP/1.1 fast path: a request without a body, on a plain HTTP/1.1 connection, is
-//! forwarded by Weir itself, between the client's socket and a pooled upstream socket, the
+//! The HTTP/1.1 fast path: a request without a body or with a `Content-Length` one of up to
+//! 64 KiB (read whole first, as nginx buffers small bodies), on a plain HTTP/1.1 connection,
+//! is forwarded by Weir itself, between the client's socket and a pooled upstream socket, the
 //! way nginx and HAProxy do it: the request head is parsed in place (`httparse`) and
 //! rewritten into one buffer, the response head likewise, and the body is copied with its
 //! framing as it came (length-delimited, chunked or until close), never decoded or buffered
 //! whole. No connection task, channel or header map per exchange.
 //!
-//! Anything else (a request body, `Expect`, an upgrade, HTTP/1.0, absolute-form targets, a
-//! head httparse rejects) goes to the general path, hyper, with its bytes unread: the
+//! Anything else (a chunked or larger body, `Expect`, an upgrade, HTTP/1.0, absolute-form
+//! targets, a head httparse rejects) goes to the general path, hyper, with its bytes unread: the
 //! routing, retries, health and metrics are the same functions either way.
 
 mod chunked;
@@ -79,6 +80,8 @@ enum Step<'s> {
     Forward { len: usize, route: Route<'s> },
     /// Answer it from Weir (no route, no endpoint).
     Answer { len: usize, close: bool, head: bool, resp: Response<ResponseBody> },
+    /// Its body is not all here yet: read until the buffer holds this many bytes.
+    Incomplete(usize),
     /// Leave it to hyper.
     Fallback(&'static str),
 }
@@ -101,10 +104,12 @@ impl Proxy {
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut busy = !buf.is_empty();
         let mut head_since = None;
+        // Once a head is whole and has a body: the bytes the request takes, body included.
+        let mut need = 0;
         loop {
             let mut searched = 0;
-            while !head::head_ended(&buf, searched) {
-                if buf.len() > MAX_HEAD {
+            while if need > 0 { buf.len() < need } else { !head::head_ended(&buf, searched) } {
+                if need == 0 && buf.len() > MAX_HEAD {
                     *pending = buf.freeze();
                     return Ok(Forwarded::Fallback);
                 }
@@ -114,7 +119,10 @@ impl Proxy {
                 } else if head_since.is_none() {
                     head_since = Some(tokio::time::Instant::now());
                 }
-                if buf.capacity() - buf.len() < HEAD_CHUNK / 4 {
+                let spare = buf.capacity() - buf.len();
+                if need > buf.len() + spare {
+                    buf.reserve(need - buf.len());
+                } else if spare < HEAD_CHUNK / 4 {
                     buf.reserve(HEAD_CHUNK);
                 }
                 tokio::select! {
@@ -125,7 +133,7 @@ impl Proxy {
                             return Ok(Forwarded::Park);
                         }
                         if head_since.is_some_and(|t| t.elapsed() >= HEADER_READ_TIMEOUT) {
-                            return Err("request head not complete within the header read timeout".into());
+                            return Err("request head (or its buffered body) not complete within the header read timeout".into());
                         }
                         busy = false;
                     }
@@ -135,12 +143,15 @@ impl Proxy {
                 }
             }
             busy = true;
-            // A whole head: the next one, even if already partly here, gets its own 30 s.
+            // A whole head (or body): what follows, even if already partly here, gets its own 30 s.
             head_since = None;
             let start = Instant::now();
             // One view of the routing state for the whole request, retries included.
             let snap = self.snapshot.load_full();
-            match self.prepare(&snap, &buf, peer, &mut bufs.req) {
+            let step = self.prepare(&snap, &buf, peer, &mut bufs.req);
+            need = 0;
+            match step {
+                Step::Incomplete(len) => need = len,
                 Step::Fallback(why) => {
                     tracing::trace!(client = %peer.addr, "to the general path: {why}");
                     *pending = buf.freeze();
@@ -165,8 +176,8 @@ impl Proxy {
         }
     }
 
-    /// Parses the request at the front of `buf`, routes it, and writes its upstream head into
-    /// `out`. No I/O.
+    /// Parses the request at the front of `buf`, routes it, and writes it as it goes upstream
+    /// (head and body) into `out`. Nothing is counted or routed before the body is whole. No I/O.
     fn prepare<'s>(&self, snap: &'s Snapshot, buf: &[u8], peer: &Peer, out: &mut Vec<u8>) -> Step<'s> {
         let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
         let mut req = httparse::Request::new(&mut headers);
@@ -175,14 +186,16 @@ impl Proxy {
             Ok(httparse::Status::Partial) => return Step::Fallback("a head httparse does not see whole"),
             Err(_) => return Step::Fallback("an invalid head (hyper answers it)"),
         };
-        let (host, close, idempotent, head) = match head::inspect_request(&req) {
-            head::Request::Forward { host, close, idempotent, head } => (host, close, idempotent, head),
+        let (body, host, close, idempotent, head) = match head::inspect_request(&req) {
+            head::Request::Forward { body, host, close, idempotent, head } => (body, host, close, idempotent, head),
             head::Request::Fallback(why) => return Step::Fallback(why),
         };
+        let Some(body) = buf.get(len..len + body) else { return Step::Incomplete(len + body) };
+        let len = len + body.len();
         match self.pick(snap, host) {
             Err(e) => Step::Answer { len, close, head, resp: super::error_response(&e) },
             Ok((app, version, endpoint)) => {
-                head::encode_request(&req, host, peer.ip.as_bytes(), self.proto, out);
+                head::encode_request(&req, host, peer.ip.as_bytes(), self.proto, body, out);
                 Step::Forward { len, route: Route { app, version, endpoint, close, idempotent, head } }
             }
         }

@@ -72,8 +72,11 @@ impl Connection {
 /// A request the fast path forwards, or why it leaves it to the general path.
 #[derive(Debug)]
 pub enum Request<'h> {
-    /// Bodyless, HTTP/1.1, origin-form, no upgrade or expectation: forwarded as rewritten.
+    /// HTTP/1.1, origin-form, no upgrade or expectation, no body or a `Content-Length` one of
+    /// at most [`MAX_BODY`]: forwarded as rewritten.
     Forward {
+        /// Length of its body (`Content-Length`, at most [`MAX_BODY`]).
+        body: usize,
         /// The `Host` field, if any.
         host: Option<&'h str>,
         /// The client asked to close the connection after the response.
@@ -85,6 +88,20 @@ pub enum Request<'h> {
     },
     /// Anything else, left to hyper.
     Fallback(&'static str),
+}
+
+/// The largest request body the fast path takes: read whole before the request goes
+/// upstream (as nginx buffers bodies up to `client_body_buffer_size`), so it can be sent
+/// again on a retry. Larger ones, and bodies of unknown length, are streamed by hyper.
+pub const MAX_BODY: usize = 64 * 1024;
+
+/// A `Content-Length` value: digits only (no sign, no spaces inside), as RFC 9110 §8.6 has it.
+fn content_length(value: &[u8]) -> Option<u64> {
+    let v = value.trim_ascii();
+    if v.is_empty() || v.len() > 19 || !v.iter().all(u8::is_ascii_digit) {
+        return None;
+    }
+    std::str::from_utf8(v).ok()?.parse().ok()
 }
 
 /// Looks at a parsed request: can the fast path forward it?
@@ -99,6 +116,7 @@ pub fn inspect_request<'b>(req: &httparse::Request<'_, 'b>) -> Request<'b> {
         return Request::Fallback("not origin-form");
     }
     let mut host = None;
+    let mut body = None;
     for h in req.headers.iter() {
         let name = h.name;
         if name.eq_ignore_ascii_case("host") {
@@ -107,14 +125,16 @@ pub fn inspect_request<'b>(req: &httparse::Request<'_, 'b>) -> Request<'b> {
             }
             host = Some(std::str::from_utf8(h.value).map_err(|_| ()));
         } else if name.eq_ignore_ascii_case("content-length") {
-            if h.value != b"0" {
-                return Request::Fallback("a body");
+            match (content_length(h.value), body) {
+                (None, _) => return Request::Fallback("an invalid Content-Length (hyper answers 400)"),
+                (Some(n), Some(prev)) if n != prev => return Request::Fallback("conflicting Content-Length fields"),
+                (n, _) => body = n,
             }
         } else if name.eq_ignore_ascii_case("transfer-encoding")
             || name.eq_ignore_ascii_case("expect")
             || name.eq_ignore_ascii_case("upgrade")
         {
-            return Request::Fallback("a body, an expectation or an upgrade");
+            return Request::Fallback("a chunked body, an expectation or an upgrade");
         }
     }
     let Ok(host) = host.transpose() else { return Request::Fallback("a Host that is not text") };
@@ -122,18 +142,24 @@ pub fn inspect_request<'b>(req: &httparse::Request<'_, 'b>) -> Request<'b> {
     if conn.upgrade {
         return Request::Fallback("an upgrade");
     }
+    let body = match usize::try_from(body.unwrap_or(0)) {
+        Ok(n) if n <= MAX_BODY => n,
+        _ => return Request::Fallback("a body over 64 KiB (hyper streams it)"),
+    };
     let idempotent = matches!(method, "GET" | "HEAD" | "PUT" | "DELETE" | "OPTIONS" | "TRACE");
-    Request::Forward { host, close: conn.close, idempotent, head: method == "HEAD" }
+    Request::Forward { body, host, close: conn.close, idempotent, head: method == "HEAD" }
 }
 
 /// Writes the request to send upstream into `out`: the request line in origin form as
 /// HTTP/1.1, the client's fields without hop-by-hop ones, then `X-Forwarded-For` (the
-/// client's chain, if any, and `client_ip`), `X-Forwarded-Proto` and `X-Forwarded-Host`.
+/// client's chain, if any, and `client_ip`), `X-Forwarded-Proto` and `X-Forwarded-Host`;
+/// then `body`.
 pub fn encode_request(
     req: &httparse::Request<'_, '_>,
     host: Option<&str>,
     client_ip: &[u8],
     proto: &str,
+    body: &[u8],
     out: &mut Vec<u8>,
 ) {
     let (method, path) = (req.method.unwrap_or("GET"), req.path.unwrap_or("/"));
@@ -163,6 +189,7 @@ pub fn encode_request(
         field(out, b"x-forwarded-host", host.as_bytes());
     }
     out.extend_from_slice(b"\r\n");
+    out.extend_from_slice(body);
 }
 
 fn field(out: &mut Vec<u8>, name: &[u8], value: &[u8]) {
@@ -292,10 +319,10 @@ mod tests {
             Accept: */*\r\n\r\n";
         let mut h = [httparse::EMPTY_HEADER; 16];
         let req = parse(raw, &mut h);
-        let Request::Forward { host, close, idempotent, head } = inspect_request(&req) else { panic!() };
-        assert_eq!((host, close, idempotent, head), (Some("app.local"), false, true, false));
+        let Request::Forward { body, host, close, idempotent, head } = inspect_request(&req) else { panic!() };
+        assert_eq!((body, host, close, idempotent, head), (0, Some("app.local"), false, true, false));
         let mut out = Vec::new();
-        encode_request(&req, host, b"127.0.0.1", "http", &mut out);
+        encode_request(&req, host, b"127.0.0.1", "http", b"", &mut out);
         assert_eq!(
             String::from_utf8(out).unwrap(),
             "GET /a?b=1 HTTP/1.1\r\nHost: app.local\r\nAccept: */*\r\nx-forwarded-for: 203.0.113.9, 127.0.0.1\r\n\
@@ -305,9 +332,13 @@ mod tests {
 
     #[test]
     fn leaves_bodies_upgrades_and_old_versions_to_the_general_path() {
+        let big = format!("POST / HTTP/1.1\r\nHost: a\r\nContent-Length: {}\r\n\r\n", MAX_BODY + 1);
         for raw in [
-            &b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 3\r\n\r\nabc"[..],
+            big.as_bytes(),
+            b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: +3\r\n\r\nabc",
+            b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 3\r\nContent-Length: 4\r\n\r\nabc",
             b"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n",
+            b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 3\r\nTransfer-Encoding: chunked\r\n\r\n",
             b"PUT / HTTP/1.1\r\nHost: a\r\nExpect: 100-continue\r\nContent-Length: 0\r\n\r\n",
             b"GET / HTTP/1.1\r\nHost: a\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\n",
             b"GET / HTTP/1.0\r\n\r\n",
@@ -321,7 +352,10 @@ mod tests {
         }
         let mut h = [httparse::EMPTY_HEADER; 16];
         let req = parse(b"POST /x HTTP/1.1\r\nHost: a\r\nContent-Length: 0\r\nConnection: close\r\n\r\n", &mut h);
-        assert!(matches!(inspect_request(&req), Request::Forward { close: true, idempotent: false, .. }));
+        assert!(matches!(inspect_request(&req), Request::Forward { body: 0, close: true, idempotent: false, .. }));
+        let mut h = [httparse::EMPTY_HEADER; 16];
+        let req = parse(b"PUT /x HTTP/1.1\r\nHost: a\r\ncontent-length:  5 \r\n\r\nhello", &mut h);
+        assert!(matches!(inspect_request(&req), Request::Forward { body: 5, idempotent: true, .. }));
     }
 
     fn response(raw: &[u8], head: bool, close: bool) -> (Response, String) {
