@@ -189,7 +189,15 @@ impl HttpClient {
         &self,
         req: http::Request<RequestBody>,
     ) -> Result<(http::Response<Incoming>, Lease), UpstreamError> {
-        match tokio::time::timeout(self.timeouts.request, self.exchange(req)).await {
+        self.within_request_timeout(self.exchange(req)).await
+    }
+
+    /// Runs `exchange` (connect, send, read the response head) within the request timeout.
+    pub async fn within_request_timeout<T>(
+        &self,
+        exchange: impl Future<Output = Result<T, UpstreamError>>,
+    ) -> Result<T, UpstreamError> {
+        match tokio::time::timeout(self.timeouts.request, exchange).await {
             Ok(result) => result,
             Err(_) => Err(UpstreamError {
                 kind: UpstreamErrorKind::Timeout,

@@ -217,17 +217,8 @@ impl Proxy {
         loop {
             endpoint.requests.inc();
             let in_flight = InFlight::start(&endpoint.state);
-            let client_ = &endpoint.client;
-            let sent = attempt(client_, &bufs.req, &mut bufs.up, &mut bufs.resp, head, close);
-            let result = match tokio::time::timeout(client_.timeouts.request, sent).await {
-                Ok(result) => result,
-                Err(_) => Err(UpstreamError {
-                    kind: UpstreamErrorKind::Timeout,
-                    message: format!("no response headers within {:?}", client_.timeouts.request),
-                    stale: false,
-                }),
-            };
-            match result {
+            let sent = attempt(&endpoint.client, &bufs.req, &mut bufs.up, &mut bufs.resp, head, close);
+            match endpoint.client.within_request_timeout(sent).await {
                 Ok((conn, len, resp)) => {
                     let status = StatusCode::from_u16(resp.status).unwrap_or(StatusCode::BAD_GATEWAY);
                     answered(app, version, endpoint, status, start);
@@ -267,17 +258,19 @@ async fn attempt(
     up.clear();
     // A reused connection that fails before any byte of response came back was closed by
     // the upstream while idle: stale, not the endpoint's fault.
-    let io_error = |conn: &RawConn, up: &BytesMut, message: String, timed_out: bool| {
-        let kind = if timed_out { UpstreamErrorKind::Timeout } else { UpstreamErrorKind::Protocol };
+    let io_error = |conn: &RawConn, up: &BytesMut, doing: &str, e: std::io::Error| {
+        let kind = match e.kind() {
+            std::io::ErrorKind::TimedOut => UpstreamErrorKind::Timeout,
+            _ => UpstreamErrorKind::Protocol,
+        };
         let stale = conn.reused && up.is_empty() && kind == UpstreamErrorKind::Protocol;
         if stale {
             conn.stale();
         }
-        UpstreamError { kind, message, stale }
+        UpstreamError { kind, message: format!("{doing}: {e}"), stale }
     };
     if let Err(e) = conn.stream.write_all(req).await {
-        let timed_out = e.kind() == std::io::ErrorKind::TimedOut;
-        return Err(io_error(&conn, up, format!("writing the request: {e}"), timed_out));
+        return Err(io_error(&conn, up, "writing the request", e));
     }
     let protocol = |message: String| UpstreamError { kind: UpstreamErrorKind::Protocol, message, stale: false };
     let mut searched = 0;
@@ -311,12 +304,12 @@ async fn attempt(
             up.reserve(HEAD_CHUNK);
         }
         match conn.stream.read_buf(up).await {
-            Ok(0) => return Err(io_error(&conn, up, "connection closed before a response".into(), false)),
-            Ok(_) => {}
-            Err(e) => {
-                let timed_out = e.kind() == std::io::ErrorKind::TimedOut;
-                return Err(io_error(&conn, up, format!("reading the response: {e}"), timed_out));
+            Ok(0) => {
+                let eof = std::io::Error::new(std::io::ErrorKind::UnexpectedEof, "closed before a response");
+                return Err(io_error(&conn, up, "reading the response", eof));
             }
+            Ok(_) => {}
+            Err(e) => return Err(io_error(&conn, up, "reading the response", e)),
         }
     }
 }

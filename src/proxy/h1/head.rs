@@ -5,25 +5,19 @@
 
 use httparse::Header;
 
-/// Fields that describe one connection (RFC 9110 §7.6.1), never forwarded; `Connection` may
-/// name more. Transfer-Encoding is the last: a response keeps it (its chunked framing is
-/// forwarded as it came).
-const HOP_BY_HOP: [&str; 8] = [
-    "connection",
-    "keep-alive",
-    "proxy-connection",
-    "proxy-authenticate",
-    "te",
-    "trailer",
-    "upgrade",
-    "transfer-encoding",
-];
+use super::super::headers::{HOP_BY_HOP, X_FORWARDED_FOR, X_FORWARDED_HOST, X_FORWARDED_PROTO};
 
-const X_FORWARDED: [&str; 3] = ["x-forwarded-for", "x-forwarded-proto", "x-forwarded-host"];
-
+/// Whether `name` is a hop-by-hop field (the general path's list). A response keeps
+/// `Transfer-Encoding` when `keep_transfer_encoding`: its chunked framing is forwarded as it came.
 fn is_hop_by_hop(name: &str, keep_transfer_encoding: bool) -> bool {
-    let list = if keep_transfer_encoding { &HOP_BY_HOP[..7] } else { &HOP_BY_HOP[..] };
-    list.iter().any(|h| h.eq_ignore_ascii_case(name))
+    HOP_BY_HOP.iter().any(|h| {
+        h.as_str().eq_ignore_ascii_case(name) && !(keep_transfer_encoding && h == http::header::TRANSFER_ENCODING)
+    })
+}
+
+/// Whether `name` is one of the `X-Forwarded-*` fields Weir sets itself.
+fn is_x_forwarded(name: &str) -> bool {
+    [&X_FORWARDED_FOR, &X_FORWARDED_PROTO, &X_FORWARDED_HOST].iter().any(|x| x.as_str().eq_ignore_ascii_case(name))
 }
 
 /// The comma-separated tokens of every `name` field.
@@ -169,24 +163,22 @@ pub fn encode_request(
     }
     let conn = Connection::of(req.headers);
     for h in req.headers.iter() {
-        if is_hop_by_hop(h.name, false)
-            || X_FORWARDED.iter().any(|x| x.eq_ignore_ascii_case(h.name))
-            || conn.drops(req.headers, h.name)
-        {
+        if is_hop_by_hop(h.name, false) || is_x_forwarded(h.name) || conn.drops(req.headers, h.name) {
             continue;
         }
         field(out, h.name.as_bytes(), h.value);
     }
-    out.extend_from_slice(b"x-forwarded-for: ");
-    for prev in tokens(req.headers, "x-forwarded-for") {
+    out.extend_from_slice(X_FORWARDED_FOR.as_str().as_bytes());
+    out.extend_from_slice(b": ");
+    for prev in tokens(req.headers, X_FORWARDED_FOR.as_str()) {
         out.extend_from_slice(prev);
         out.extend_from_slice(b", ");
     }
     out.extend_from_slice(client_ip);
     out.extend_from_slice(b"\r\n");
-    field(out, b"x-forwarded-proto", proto.as_bytes());
+    field(out, X_FORWARDED_PROTO.as_str().as_bytes(), proto.as_bytes());
     if let Some(host) = host {
-        field(out, b"x-forwarded-host", host.as_bytes());
+        field(out, X_FORWARDED_HOST.as_str().as_bytes(), host.as_bytes());
     }
     out.extend_from_slice(b"\r\n");
     out.extend_from_slice(body);
