@@ -357,3 +357,31 @@ async fn an_upstream_that_closed_an_idle_connection_is_not_sent_a_request_on_it(
     assert_eq!(common::endpoint(&view, "only")["healthy"], true);
     weir.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_buffered_body_is_sent_again_after_a_refused_connection() {
+    let live = Backend::spawn("live", "v1").await;
+    let dead = Backend::spawn("dead", "v1").await;
+    // No probes, strict rotation: every other request meets the dead endpoint until passive
+    // ejection takes it out.
+    let cfg = config(&[("v1", &[&live, &dead])], &[("v1", 100)], "balance = \"round_robin\"");
+    dead.kill().await;
+    let weir = start(&cfg).await;
+    let (url, admin) = urls(&weir);
+    let client = Client::new();
+    for i in 0..10 {
+        // Not idempotent, but a refused connection means nothing reached the upstream, and
+        // Weir holds the whole body: it goes to the live endpoint.
+        let post = Request::post(format!("{url}/echo")).body(Full::from(format!("order={i}"))).unwrap();
+        let r = client.send(post).await.unwrap();
+        assert_eq!((r.status.as_u16(), r.body.as_str()), (200, format!("order={i}").as_str()), "POST {i}");
+    }
+    let metrics = client.get(&format!("{admin}/metrics")).await.body;
+    let retries: u64 = metrics
+        .lines()
+        .filter(|l| l.starts_with("weir_retries_total{"))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
+        .sum();
+    assert!(retries >= 1, "the dead endpoint was tried and the body sent again: {retries} retries");
+    weir.shutdown().await;
+}
