@@ -10,9 +10,9 @@ mod view;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
+use crate::listener::ClientBody;
 use arc_swap::ArcSwap;
 use http::{Method, Request, Response, StatusCode, header};
-use hyper::body::Incoming;
 use serde_json::json;
 
 use crate::control::{Change, ChangeRequest, ControlError, ControlHandle};
@@ -46,7 +46,7 @@ impl Admin {
     }
 
     /// Serves one admin request.
-    pub async fn handle(self, req: Request<Incoming>, _client: crate::listener::Peer) -> Response<ResponseBody> {
+    pub async fn handle(self, req: Request<ClientBody>, _client: crate::listener::Peer) -> Response<ResponseBody> {
         let had_body = !http_body::Body::is_end_stream(req.body());
         match self.route(req).await {
             Ok(resp) => resp,
@@ -56,7 +56,7 @@ impl Admin {
         }
     }
 
-    async fn route(&self, req: Request<Incoming>) -> Result<Response<ResponseBody>, ApiError> {
+    async fn route(&self, req: Request<ClientBody>) -> Result<Response<ResponseBody>, ApiError> {
         let path = req.uri().path().trim_end_matches('/').to_owned();
         let segments: Vec<&str> = path.split('/').skip(1).collect();
         let method = req.method().clone();
@@ -115,7 +115,7 @@ impl Admin {
         &self,
         app: String,
         action: &str,
-        req: Request<Incoming>,
+        req: Request<ClientBody>,
     ) -> Result<Response<ResponseBody>, ApiError> {
         let if_match = request::if_match(req.headers())?;
         let (change, reason) = match action {

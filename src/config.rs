@@ -118,12 +118,64 @@ fn default_shutdown_grace() -> Duration {
     Duration::from_secs(30)
 }
 
-/// `[listeners.NAME]`: one socket that accepts client traffic (HTTP/1.1 and h2c).
+/// `[listeners.NAME]`: one socket that accepts client traffic (HTTP/1.1 and h2c), with the
+/// deadlines and limits every client connection on it gets (nginx's `client_header_timeout`,
+/// `client_body_timeout`, `send_timeout`, `keepalive_timeout`, `worker_connections`).
 #[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct ListenerConfig {
     /// Socket address to bind, e.g. `0.0.0.0:8080`.
     pub addr: SocketAddr,
+    /// A request head must arrive whole within this time from its first byte, or the
+    /// connection closes (slow-header clients). Default `30s`.
+    #[serde(default = "default_client_timeout", with = "humantime_serde")]
+    pub header_read_timeout: Duration,
+    /// Longest wait between two reads of a request body, or the connection closes (and the
+    /// request to the upstream is aborted). Default `30s`.
+    #[serde(default = "default_client_timeout", with = "humantime_serde")]
+    pub body_read_timeout: Duration,
+    /// Longest a write to the client may stall (a client that stops reading), or the
+    /// connection closes. Default `30s`.
+    #[serde(default = "default_client_timeout", with = "humantime_serde")]
+    pub send_timeout: Duration,
+    /// An idle keep-alive connection with no new request for this long is closed. Default `60s`.
+    #[serde(default = "default_keepalive_timeout", with = "humantime_serde")]
+    pub keepalive_timeout: Duration,
+    /// Open client connections at most; at the limit Weir stops accepting (new connections
+    /// wait in the kernel's backlog), logs it and counts it in
+    /// `weir_connection_limit_reached_total`. Default `20000`.
+    #[serde(default = "default_max_connections")]
+    pub max_connections: usize,
+    /// Whether plain HTTP/1.1 requests (no body, or a `Content-Length` one up to 64 KiB) are
+    /// forwarded by Weir's own codec rather than hyper's. Default `true`; `false` is for
+    /// comparing the two paths. Both apply the same framing checks either way.
+    #[serde(default = "default_true")]
+    pub fast_path: bool,
+}
+
+impl ListenerConfig {
+    /// A listener on `addr` with every other setting at its default.
+    pub fn new(addr: SocketAddr) -> Self {
+        ListenerConfig {
+            addr,
+            header_read_timeout: default_client_timeout(),
+            body_read_timeout: default_client_timeout(),
+            send_timeout: default_client_timeout(),
+            keepalive_timeout: default_keepalive_timeout(),
+            max_connections: default_max_connections(),
+            fast_path: true,
+        }
+    }
+}
+
+fn default_client_timeout() -> Duration {
+    Duration::from_secs(30)
+}
+fn default_keepalive_timeout() -> Duration {
+    Duration::from_secs(60)
+}
+fn default_max_connections() -> usize {
+    20_000
 }
 
 /// `[apps.NAME]`: one application with its versions and the split between them.

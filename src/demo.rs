@@ -28,7 +28,7 @@ pub async fn spawn_backend(
     let bound = socket.local_addr()?;
     let hello = bytes::Bytes::from(format!("Host: {name}, Version: {version}\n"));
     let hits = Arc::new(std::sync::atomic::AtomicU64::new(0));
-    let handler = move |req: http::Request<hyper::body::Incoming>, _client| {
+    let handler = move |req: http::Request<crate::listener::ClientBody>, _client| {
         let body = match req.uri().path() {
             "/live" | "/ready" => bytes::Bytes::from_static(b"ok\n"),
             "/__weir/hits" => format!("{}\n", hits.load(std::sync::atomic::Ordering::Relaxed)).into(),

@@ -53,6 +53,9 @@ pub struct Metrics {
     probes: IntCounterVec,
     endpoint_healthy: IntGaugeVec,
     discovery: [IntCounterVec; 3],
+    client_connections: IntGaugeVec,
+    connection_limit: IntCounterVec,
+    client_errors: IntCounterVec,
     /// Requests whose host matched no app (`weir_unrouted_requests_total`).
     pub unrouted: IntCounter,
 }
@@ -169,8 +172,27 @@ impl Metrics {
                 &["app", "version"],
             ),
         ];
+        let client_connections = IntGaugeVec::new(
+            Opts::new("weir_client_connections", "Client connections open now, per listener."),
+            &["listener"],
+        )
+        .expect("valid metric");
+        let connection_limit = counter(
+            "weir_connection_limit_reached_total",
+            "Times a listener reached max_connections and stopped accepting until one closed.",
+            &["listener"],
+        );
+        let client_errors = counter(
+            "weir_client_errors_total",
+            "Client requests refused for their framing or size (bad_request) and client connections \
+             closed for a deadline (header_timeout, body_timeout, send_timeout).",
+            &["listener", "reason"],
+        );
         for c in [
-            Box::new(requests.clone()) as Box<dyn prometheus::core::Collector>,
+            Box::new(client_connections.clone()) as Box<dyn prometheus::core::Collector>,
+            Box::new(connection_limit.clone()),
+            Box::new(client_errors.clone()),
+            Box::new(requests.clone()),
             Box::new(latency.clone()),
             Box::new(upstream_errors.clone()),
             Box::new(endpoint_requests.clone()),
@@ -202,7 +224,25 @@ impl Metrics {
             probes,
             endpoint_healthy,
             discovery,
+            client_connections,
+            connection_limit,
+            client_errors,
             unrouted,
+        }
+    }
+
+    /// Handles for one traffic listener's connections.
+    pub fn listener(&self, name: &str) -> crate::listener::ConnMetrics {
+        let error = |reason: &str| self.client_errors.with_label_values(&[name, reason]);
+        crate::listener::ConnMetrics {
+            open: self.client_connections.with_label_values(&[name]),
+            limit_reached: self.connection_limit.with_label_values(&[name]),
+            errors: crate::listener::ClientErrors {
+                bad_request: error("bad_request"),
+                header_timeout: error("header_timeout"),
+                body_timeout: error("body_timeout"),
+                send_timeout: error("send_timeout"),
+            },
         }
     }
 

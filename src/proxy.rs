@@ -2,6 +2,7 @@
 //! status codes.
 
 mod body;
+mod fields;
 mod h1;
 mod headers;
 
@@ -13,13 +14,13 @@ use http::uri::PathAndQuery;
 use http::{Request, Response, StatusCode, Uri, header};
 use http_body::Body as _;
 use http_body_util::{Either, Empty};
-use hyper::body::Incoming;
 use prometheus::IntCounter;
 
 pub use body::ResponseBody;
+pub use fields::Connection;
 pub use headers::{set_forwarded, strip_hop_by_hop};
 
-use crate::listener::Peer;
+use crate::listener::{ClientBody, ConnMetrics, Peer};
 use crate::metrics::{Metrics, UpstreamErrorKind};
 use crate::outlier;
 use crate::pool::{Endpoint, InFlight};
@@ -73,18 +74,36 @@ pub struct Proxy {
     /// `weir_unrouted_requests_total`: all the proxy needs of the registry (the rest is
     /// pre-resolved in the snapshot), so a clone costs no reference counts beyond two.
     unrouted: IntCounter,
+    /// Requests refused for their framing or size (`weir_client_errors_total{reason="bad_request"}`).
+    refused: IntCounter,
     listener: usize,
     proto: &'static str,
+    /// Whether Weir's codec forwards the plain HTTP/1.1 requests itself.
+    fast: bool,
 }
 
 impl Proxy {
-    /// A proxy for the listener at index `listener` of the snapshot's listeners.
-    pub fn new(snapshot: Arc<ArcSwap<Snapshot>>, metrics: &Metrics, listener: usize) -> Self {
-        Proxy { snapshot, unrouted: metrics.unrouted.clone(), listener, proto: "http" }
+    /// A proxy for the listener at index `listener` of the snapshot's listeners, counting in
+    /// `conns` what its codec refuses; `fast` turns the HTTP/1.1 fast path on.
+    pub fn new(
+        snapshot: Arc<ArcSwap<Snapshot>>,
+        metrics: &Metrics,
+        listener: usize,
+        conns: &ConnMetrics,
+        fast: bool,
+    ) -> Self {
+        Proxy {
+            snapshot,
+            unrouted: metrics.unrouted.clone(),
+            refused: conns.errors.bad_request.clone(),
+            listener,
+            proto: "http",
+            fast,
+        }
     }
 
     /// Proxies one request from `client`. Never fails: errors become responses.
-    pub async fn handle(&self, req: Request<Incoming>, client: Peer) -> Response<ResponseBody> {
+    pub async fn handle(&self, req: Request<ClientBody>, client: Peer) -> Response<ResponseBody> {
         let start = Instant::now();
         // One view of the routing state for the whole request, retries included.
         let snap = self.snapshot.load_full();
@@ -96,6 +115,11 @@ impl Proxy {
         };
 
         let (mut parts, body) = req.into_parts();
+        // An absolute-form target (or HTTP/2's :authority) names the host: the request is
+        // routed by it, and the upstream sees it as the one `Host` (RFC 9112 §3.2.2).
+        if let Some(auth) = parts.uri.authority().and_then(|a| header::HeaderValue::from_str(a.as_str()).ok()) {
+            parts.headers.insert(header::HOST, auth);
+        }
         let path = parts.uri.path_and_query().cloned().unwrap_or_else(|| PathAndQuery::from_static("/"));
         strip_hop_by_hop(&mut parts.headers);
         set_forwarded(&mut parts.headers, &client.ip, self.proto, parts.uri.authority().map(|a| a.as_str()));

@@ -88,7 +88,7 @@ pub async fn start_with(config: Config, path: Option<std::path::PathBuf>) -> Res
     let admin_socket = bind(config.admin.addr, "admin".into()).await?;
     let mut sockets = Vec::new();
     for (name, l) in &config.listeners {
-        sockets.push((name.clone(), bind(l.addr, format!("listener {name}")).await?));
+        sockets.push((name.clone(), l.clone(), bind(l.addr, format!("listener {name}")).await?));
     }
 
     // Probe every endpoint once before serving, so the first requests do not go to endpoints
@@ -115,13 +115,18 @@ pub async fn start_with(config: Config, path: Option<std::path::PathBuf>) -> Res
     let open = CancellationToken::new();
     let mut listeners = BTreeMap::new();
     // Listener indexes follow the config's (sorted) listener order, as the snapshot's do.
-    for (index, (name, socket)) in sockets.into_iter().enumerate() {
+    for (index, (name, listener_config, socket)) in sockets.into_iter().enumerate() {
+        let listener_name = name.clone();
         let addr = socket.local_addr().expect("bound socket has an address");
         tracing::info!(listener = %name, %addr, "listening");
         listeners.insert(name, addr);
-        let proxy = Proxy::new(Arc::clone(&snapshot), &metrics, index);
-        // HTTP/1.1 requests without a body or with a small one take the fast path; hyper
-        // serves the rest.
+        let conns = listener::Connections {
+            limits: listener::Limits::of(&listener_config),
+            metrics: metrics.listener(&listener_name),
+        };
+        let proxy = Proxy::new(Arc::clone(&snapshot), &metrics, index, &conns.metrics, listener_config.fast_path);
+        // Weir's codec reads and checks every HTTP/1 head; it forwards the requests without a
+        // body or with a small one itself, and hands the rest to hyper one at a time.
         let forward = Some(proxy.clone());
         let handler = move |req, client| {
             let proxy = proxy.clone();
@@ -132,7 +137,7 @@ pub async fn start_with(config: Config, path: Option<std::path::PathBuf>) -> Res
         let (open, cancel) = (open.clone(), traffic_cancel.clone());
         traffic.spawn(async move {
             tokio::select! {
-                () = open.cancelled() => listener::serve_with(socket, handler, forward, cancel, grace).await,
+                () = open.cancelled() => listener::serve_with(socket, handler, forward, conns, cancel, grace).await,
                 () = cancel.cancelled() => {}
             }
         });

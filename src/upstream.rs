@@ -10,6 +10,8 @@ use std::time::Duration;
 use bytes::Bytes;
 use http_body_util::{Either, Empty};
 use hyper::body::Incoming;
+
+use crate::listener::ClientBody;
 use hyper::client::conn::http1::{self, SendRequest};
 use hyper_util::rt::TokioIo;
 use tokio::net::TcpStream;
@@ -21,7 +23,7 @@ use idle::IdleList;
 
 /// Body of a request sent upstream: the client's streamed body, or nothing (for requests that
 /// are re-sent, which carry no body).
-pub type RequestBody = Either<Incoming, Empty<Bytes>>;
+pub type RequestBody = Either<ClientBody, Empty<Bytes>>;
 
 /// What one app shares across its endpoints: the retry budget. Cloning shares it.
 #[derive(Debug, Clone, Default)]

@@ -2,9 +2,9 @@
 
 use std::collections::BTreeMap;
 
+use crate::listener::ClientBody;
 use http::{HeaderMap, Request, Response, StatusCode, header};
 use http_body_util::{BodyExt, Limited};
-use hyper::body::Incoming;
 use serde::Deserialize;
 use serde_json::json;
 
@@ -163,7 +163,7 @@ pub fn if_match(headers: &HeaderMap) -> Result<Option<u64>, ApiError> {
 /// Reads a JSON body of at most [`BODY_LIMIT`] bytes. An empty body is `None` unless
 /// `required`; a non-empty one must be `application/json`.
 pub async fn json_body<T: serde::de::DeserializeOwned>(
-    req: Request<Incoming>,
+    req: Request<ClientBody>,
     required: bool,
 ) -> Result<Option<T>, ApiError> {
     let too_large =

@@ -70,6 +70,19 @@ pub(super) fn validate(config: &Config) -> Vec<Problem> {
         {
             out.push(problem(format!("{field}.addr"), format!("{} is also used by {other}", l.addr)));
         }
+        if l.max_connections == 0 {
+            out.push(problem(format!("{field}.max_connections"), "must be at least 1"));
+        }
+        for (what, d) in [
+            ("header_read_timeout", l.header_read_timeout),
+            ("body_read_timeout", l.body_read_timeout),
+            ("send_timeout", l.send_timeout),
+            ("keepalive_timeout", l.keepalive_timeout),
+        ] {
+            if d.is_zero() {
+                out.push(problem(format!("{field}.{what}"), "must be longer than 0s"));
+            }
+        }
     }
     // (listener, host) -> app, to catch two apps claiming the same host on one listener.
     let mut hosts: HashMap<(&str, String), &str> = HashMap::new();

@@ -6,34 +6,38 @@
 //! framing as it came (length-delimited, chunked or until close), never decoded or buffered
 //! whole. No connection task, channel or header map per exchange.
 //!
-//! Anything else (a chunked or larger body, `Expect`, an upgrade, HTTP/1.0, absolute-form
-//! targets, a head httparse rejects) goes to the general path, hyper, with its bytes unread: the
-//! routing, retries, health and metrics are the same functions either way.
+//! Every HTTP/1 request head on a connection is read and checked here first, whichever path
+//! forwards it ([`request::inspect`]): a head with ambiguous framing is answered 400 (or 431,
+//! 501) and the connection closes, as nginx and HAProxy do. A sound request this codec does
+//! not forward (a chunked or larger body, `Expect`, an upgrade, HTTP/1.0, absolute-form) goes
+//! to the general path, hyper, with its bytes unread, one request at a time: the routing,
+//! retries, health and metrics are the same functions either way.
 
 mod chunked;
 mod head;
+mod request;
+mod response;
 
 use std::time::Instant;
 
-use bytes::{Buf, Bytes, BytesMut};
+use bytes::{Buf, BytesMut};
 use http::{Response, StatusCode};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
 use tokio_util::sync::CancellationToken;
 
 use super::{Attempts, Proxy, ResponseBody, answered, failed};
-use crate::listener::{Forward, Forwarded, HEADER_READ_TIMEOUT, PARK_AFTER, Peer};
+use crate::listener::{ClientIo, Forward, Forwarded, HeadTimeout, Limits, PARK_AFTER, Peer};
 use crate::metrics::UpstreamErrorKind;
 use crate::pool::{Endpoint, InFlight};
 use crate::snapshot::{App, Snapshot, Version};
 use crate::upstream::{HttpClient, RawConn, UpstreamError};
-use head::Framing;
+use response::Framing;
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
 /// Fields per head, as hyper allows.
 const MAX_HEADERS: usize = 100;
-/// A head longer than this is left to hyper (request: it answers 431) or refused (response).
+/// A head longer than this is refused: 431 to a client, 502 for an upstream's.
 const MAX_HEAD: usize = 64 * 1024;
 /// Read size for heads.
 const HEAD_CHUNK: usize = 4096;
@@ -43,12 +47,12 @@ const BODY_CHUNK: usize = 16 * 1024;
 impl Forward for Proxy {
     fn forward(
         &self,
-        stream: &mut TcpStream,
-        pending: &mut Bytes,
+        io: &mut ClientIo,
         peer: &Peer,
+        limits: &Limits,
         cancel: &CancellationToken,
     ) -> impl Future<Output = Result<Forwarded, BoxError>> + Send {
-        self.forward_h1(stream, pending, peer, cancel)
+        self.forward_h1(io, peer, limits, cancel)
     }
 }
 
@@ -78,46 +82,62 @@ struct Route<'s> {
 enum Step<'s> {
     /// Send it upstream; its head was `len` bytes.
     Forward { len: usize, route: Route<'s> },
-    /// Answer it from Weir (no route, no endpoint).
+    /// Answer it from Weir (no route, no endpoint, or refused: then `close`).
     Answer { len: usize, close: bool, head: bool, resp: Response<ResponseBody> },
     /// Its body is not all here yet: read until the buffer holds this many bytes.
     Incomplete(usize),
     /// Leave it to hyper.
     Fallback(&'static str),
+    /// Refuse it (400, 431, 501) and close the connection.
+    Refuse(Response<ResponseBody>),
+}
+
+/// The answer to a request refused for its framing or size.
+fn refusal(status: StatusCode, why: &str) -> Response<ResponseBody> {
+    let mut resp = Response::new(ResponseBody::local(format!("weir: {why}\n")));
+    *resp.status_mut() = status;
+    resp.headers_mut().insert(http::header::CONTENT_TYPE, http::HeaderValue::from_static("text/plain; charset=utf-8"));
+    resp
 }
 
 impl Proxy {
     async fn forward_h1(
         &self,
-        client: &mut TcpStream,
-        pending: &mut Bytes,
+        client: &mut ClientIo,
         peer: &Peer,
+        limits: &Limits,
         cancel: &CancellationToken,
     ) -> Result<Forwarded, BoxError> {
+        let pending = std::mem::take(&mut client.prefix);
         let mut buf = BytesMut::with_capacity(HEAD_CHUNK.max(pending.len()));
-        buf.extend_from_slice(pending);
-        *pending = Bytes::new();
+        buf.extend_from_slice(&pending);
+        drop(pending);
         let mut bufs = Buffers { req: Vec::with_capacity(1024), resp: Vec::with_capacity(1024), up: BytesMut::new() };
         // Parked after a whole tick with no request and nothing pending (one timer per busy
         // spell, not per request).
         let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + PARK_AFTER, PARK_AFTER);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        // The head (or small body) deadline: armed only while one is incomplete after a read,
+        // so a request that arrives in one read sets no timer.
+        let deadline = tokio::time::sleep(limits.header_read);
+        tokio::pin!(deadline);
         let mut busy = !buf.is_empty();
-        let mut head_since = None;
         // Once a head is whole and has a body: the bytes the request takes, body included.
         let mut need = 0;
         loop {
             let mut searched = 0;
+            let mut timing = false;
             while if need > 0 { buf.len() < need } else { !head::head_ended(&buf, searched) } {
                 if need == 0 && buf.len() > MAX_HEAD {
-                    *pending = buf.freeze();
-                    return Ok(Forwarded::Fallback);
+                    let resp = refusal(StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE, "request head over 64 KiB");
+                    return self.refuse(client, peer, resp, &mut bufs.resp).await;
                 }
                 searched = buf.len();
-                if buf.is_empty() {
-                    head_since = None;
-                } else if head_since.is_none() {
-                    head_since = Some(tokio::time::Instant::now());
+                // A head: one deadline from its first byte. A body: one per read.
+                if (need == 0 && !buf.is_empty() && !timing) || need > 0 {
+                    let limit = if need > 0 { limits.body_read } else { limits.header_read };
+                    deadline.as_mut().reset(tokio::time::Instant::now() + limit);
+                    timing = true;
                 }
                 let spare = buf.capacity() - buf.len();
                 if need > buf.len() + spare {
@@ -128,12 +148,10 @@ impl Proxy {
                 tokio::select! {
                     biased;
                     () = cancel.cancelled() => return Ok(Forwarded::Close),
+                    () = &mut deadline, if timing => return Err(HeadTimeout.into()),
                     _ = tick.tick() => {
                         if buf.is_empty() && !busy {
                             return Ok(Forwarded::Park);
-                        }
-                        if head_since.is_some_and(|t| t.elapsed() >= HEADER_READ_TIMEOUT) {
-                            return Err("request head (or its buffered body) not complete within the header read timeout".into());
                         }
                         busy = false;
                     }
@@ -143,8 +161,6 @@ impl Proxy {
                 }
             }
             busy = true;
-            // A whole head (or body): what follows, even if already partly here, gets its own 30 s.
-            head_since = None;
             let start = Instant::now();
             // One view of the routing state for the whole request, retries included.
             let snap = self.snapshot.load_full();
@@ -154,9 +170,10 @@ impl Proxy {
                 Step::Incomplete(len) => need = len,
                 Step::Fallback(why) => {
                     tracing::trace!(client = %peer.addr, "to the general path: {why}");
-                    *pending = buf.freeze();
+                    client.prefix = buf.freeze();
                     return Ok(Forwarded::Fallback);
                 }
+                Step::Refuse(resp) => return self.refuse(client, peer, resp, &mut bufs.resp).await,
                 Step::Answer { len, close, head, resp } => {
                     buf.advance(len);
                     let close = close || cancel.is_cancelled();
@@ -176,26 +193,54 @@ impl Proxy {
         }
     }
 
-    /// Parses the request at the front of `buf`, routes it, and writes it as it goes upstream
-    /// (head and body) into `out`. Nothing is counted or routed before the body is whole. No I/O.
+    /// Answers a request refused for its framing or size, counted and logged; the
+    /// connection then closes (what follows the head cannot be trusted).
+    async fn refuse(
+        &self,
+        client: &mut ClientIo,
+        peer: &Peer,
+        resp: Response<ResponseBody>,
+        out: &mut Vec<u8>,
+    ) -> Result<Forwarded, BoxError> {
+        self.refused.inc();
+        let why = match resp.body() {
+            ResponseBody::Local(Some(b)) => String::from_utf8_lossy(b).trim().to_owned(),
+            _ => String::new(),
+        };
+        tracing::info!(client = %peer.addr, status = resp.status().as_u16(), "refused a request: {why}");
+        encode_local(&resp, true, false, out);
+        client.write_all(out).await?;
+        Ok(Forwarded::Close)
+    }
+
+    /// Parses and checks the request at the front of `buf`, routes it, and writes it as it
+    /// goes upstream (head and body) into `out`. Nothing is counted or routed before the body
+    /// is whole. No I/O.
     fn prepare<'s>(&self, snap: &'s Snapshot, buf: &[u8], peer: &Peer, out: &mut Vec<u8>) -> Step<'s> {
         let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
         let mut req = httparse::Request::new(&mut headers);
         let len = match req.parse(buf) {
             Ok(httparse::Status::Complete(len)) => len,
-            Ok(httparse::Status::Partial) => return Step::Fallback("a head httparse does not see whole"),
-            Err(_) => return Step::Fallback("an invalid head (hyper answers it)"),
+            Ok(httparse::Status::Partial) => {
+                return Step::Refuse(refusal(StatusCode::BAD_REQUEST, "a request head that does not parse"));
+            }
+            Err(httparse::Error::TooManyHeaders) => {
+                return Step::Refuse(refusal(StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE, "over 100 header fields"));
+            }
+            Err(e) => return Step::Refuse(refusal(StatusCode::BAD_REQUEST, &format!("invalid request head: {e}"))),
         };
-        let (body, host, close, idempotent, head) = match head::inspect_request(&req) {
-            head::Request::Forward { body, host, close, idempotent, head } => (body, host, close, idempotent, head),
-            head::Request::Fallback(why) => return Step::Fallback(why),
+        let (body, host, close, idempotent, head) = match request::inspect(&req) {
+            request::Request::Forward { .. } if !self.fast => return Step::Fallback("the fast path is off"),
+            request::Request::Forward { body, host, close, idempotent, head } => (body, host, close, idempotent, head),
+            request::Request::Fallback(why) => return Step::Fallback(why),
+            request::Request::Reject(status, why) => return Step::Refuse(refusal(status, why)),
         };
         let Some(body) = buf.get(len..len + body) else { return Step::Incomplete(len + body) };
         let len = len + body.len();
         match self.pick(snap, host) {
             Err(e) => Step::Answer { len, close, head, resp: super::error_response(&e) },
             Ok((app, version, endpoint)) => {
-                head::encode_request(&req, host, peer.ip.as_bytes(), self.proto, body, out);
+                request::encode(&req, host, peer.ip.as_bytes(), self.proto, body, out);
                 Step::Forward { len, route: Route { app, version, endpoint, close, idempotent, head } }
             }
         }
@@ -206,7 +251,7 @@ impl Proxy {
     async fn exchange(
         &self,
         route: Route<'_>,
-        client: &mut TcpStream,
+        client: &mut ClientIo,
         bufs: &mut Buffers,
         cancel: &CancellationToken,
         start: Instant,
@@ -223,7 +268,7 @@ impl Proxy {
                     let status = StatusCode::from_u16(resp.status).unwrap_or(StatusCode::BAD_GATEWAY);
                     answered(app, version, endpoint, status, start);
                     bufs.up.advance(len);
-                    forward_body(client, conn, resp, bufs).await?;
+                    forward_body(client, conn, resp, bufs, endpoint.client.timeouts.request).await?;
                     drop(in_flight);
                     return Ok(!resp.close);
                 }
@@ -253,7 +298,7 @@ async fn attempt(
     out: &mut Vec<u8>,
     head: bool,
     close: bool,
-) -> Result<(RawConn, usize, head::Response), UpstreamError> {
+) -> Result<(RawConn, usize, response::Response), UpstreamError> {
     let mut conn = client.raw().await?;
     up.clear();
     // A reused connection that fails before any byte of response came back was closed by
@@ -287,7 +332,7 @@ async fn attempt(
                         continue;
                     }
                     _ => {
-                        let r = head::encode_response(&resp, head, close, out)
+                        let r = response::encode(&resp, head, close, out)
                             .map_err(|e| protocol(format!("invalid response head: {e}")))?;
                         return Ok((conn, len, r));
                     }
@@ -318,13 +363,15 @@ async fn attempt(
 /// comes. Once the body was read to where its framing says it ends, with nothing after it,
 /// the connection goes back to the pool (if `resp` allows) before the last bytes are written
 /// to the client: the next request, from any client, can have it. An error (either side
-/// gone) closes the client connection: a response cut short cannot be told apart from a
-/// whole one any other way.
+/// gone, or the upstream silent for `read_timeout` between two reads, nginx's
+/// `proxy_read_timeout`) closes the client connection: a response cut short cannot be told
+/// apart from a whole one any other way.
 async fn forward_body(
-    client: &mut TcpStream,
+    client: &mut ClientIo,
     mut conn: RawConn,
-    resp: head::Response,
+    resp: response::Response,
     bufs: &mut Buffers,
+    read_timeout: std::time::Duration,
 ) -> Result<(), BoxError> {
     let Buffers { resp: out, up, .. } = bufs;
     let mut body = BodyEnd::new(resp.framing);
@@ -339,7 +386,8 @@ async fn forward_body(
     loop {
         up.clear();
         up.reserve(BODY_CHUNK);
-        if conn.stream.read_buf(up).await? == 0 {
+        let read = tokio::time::timeout(read_timeout, conn.stream.read_buf(up)).await;
+        if read.map_err(|_| "upstream sent nothing of the body within the request timeout")?? == 0 {
             if resp.framing == Framing::UntilClose {
                 return Ok(());
             }

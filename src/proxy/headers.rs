@@ -16,15 +16,16 @@ pub(super) static HOP_BY_HOP: [HeaderName; 8] = [
     header::UPGRADE,
 ];
 
-/// Removes hop-by-hop fields, including every field the `Connection` header lists.
+/// Removes hop-by-hop fields, including every field the `Connection` header lists, except
+/// the fields that frame or route the message: a listed `Content-Length`, `Transfer-Encoding`
+/// or `Host` is refused before it gets here (HTTP/1), and Weir derives the framing it sends.
 pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
     // Only the rare request with `Connection: foo, bar` pays for collecting the names.
-    if let Some(listed) = headers.get(header::CONNECTION) {
-        let extra: Vec<HeaderName> = listed
-            .to_str()
-            .unwrap_or("")
-            .split(',')
-            .filter_map(|n| HeaderName::from_bytes(n.trim().as_bytes()).ok())
+    if headers.contains_key(header::CONNECTION) {
+        let values = headers.get_all(header::CONNECTION).iter().map(HeaderValue::as_bytes);
+        let extra: Vec<HeaderName> = super::fields::tokens(values)
+            .filter_map(|n| HeaderName::from_bytes(n).ok())
+            .filter(|n| ![header::CONTENT_LENGTH, header::TRANSFER_ENCODING, header::HOST].contains(n))
             .collect();
         for name in extra {
             headers.remove(name);

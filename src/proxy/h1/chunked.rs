@@ -1,5 +1,6 @@
 //! Finding where a chunked body ends (RFC 9112 §7.1) while its bytes are forwarded as they
-//! are: the fast path does not decode chunks, it only follows their sizes.
+//! are: the fast path does not decode chunks, it follows their sizes and checks every line,
+//! so what it passes on is chunked coding any strict recipient reads the same way.
 
 /// Where a scan is within a chunked body.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -10,7 +11,7 @@ enum State {
     },
     /// In a chunk extension, up to the line end.
     Extension,
-    /// After a CR that ends a size line.
+    /// After the CR that ends a size line.
     SizeLf,
     /// Inside chunk data.
     Data,
@@ -21,17 +22,28 @@ enum State {
     TrailerStart,
     /// Inside a trailer field line.
     Trailer,
+    /// After the CR of a trailer line.
+    TrailerLf,
     /// After the CR of the final empty line.
     FinalLf,
     Done,
 }
 
-/// Follows a chunked body across reads.
+/// The longest chunk extension, and the most trailer bytes, a body may carry: bounded, so a
+/// peer cannot stream an endless line (hyper bounds extensions likewise).
+const MAX_EXTENSION: u32 = 4096;
+const MAX_TRAILERS: u32 = 64 * 1024;
+
+/// Follows a chunked body across reads, strictly: every line ends in CRLF (a bare LF or CR
+/// is refused, never passed on), sizes are hex digits only and fit in 60 bits, extensions and
+/// trailers are bounded and hold no control characters.
 #[derive(Debug, Clone)]
 pub struct Scanner {
     state: State,
     /// The size being read, then the data left in the current chunk.
     size: u64,
+    /// Bytes of the current extension, or of the trailers so far.
+    line: u32,
 }
 
 /// The body is not valid chunked coding.
@@ -41,8 +53,14 @@ pub struct Invalid;
 
 impl Default for Scanner {
     fn default() -> Self {
-        Scanner { state: State::Size { digits: 0 }, size: 0 }
+        Scanner { state: State::Size { digits: 0 }, size: 0, line: 0 }
     }
+}
+
+/// A byte that may appear inside an extension or a trailer line: visible ASCII, SP, HTAB,
+/// or obs-text.
+fn in_line(b: u8) -> bool {
+    b == b'\t' || (b >= 0x20 && b != 0x7f)
 }
 
 impl Scanner {
@@ -64,7 +82,7 @@ impl Scanner {
             i += 1;
             self.state = match (self.state, b) {
                 (State::Size { digits }, _) if b.is_ascii_hexdigit() => {
-                    // 16 hex digits fill a u64; more is no size anyone sends.
+                    // 15 hex digits is 2^60 bytes; more is no size anyone sends.
                     if digits >= 15 {
                         return Err(Invalid);
                     }
@@ -72,16 +90,39 @@ impl Scanner {
                     State::Size { digits: digits + 1 }
                 }
                 (State::Size { digits: 0 }, _) => return Err(Invalid),
-                (State::Size { .. }, b';' | b' ' | b'\t') => State::Extension,
+                (State::Size { .. }, b';' | b' ' | b'\t') => {
+                    self.line = 0;
+                    State::Extension
+                }
                 (State::Size { .. } | State::Extension, b'\r') => State::SizeLf,
-                (State::Size { .. } | State::Extension | State::SizeLf, b'\n') => self.size_line_done(),
-                (State::Extension, _) => State::Extension,
+                (State::Extension, _) if in_line(b) => {
+                    self.line += 1;
+                    if self.line > MAX_EXTENSION {
+                        return Err(Invalid);
+                    }
+                    State::Extension
+                }
+                (State::SizeLf, b'\n') => {
+                    if self.size == 0 {
+                        self.line = 0;
+                        State::TrailerStart
+                    } else {
+                        State::Data
+                    }
+                }
                 (State::DataCr, b'\r') => State::DataLf,
-                (State::DataCr | State::DataLf, b'\n') => State::Size { digits: 0 },
+                (State::DataLf, b'\n') => State::Size { digits: 0 },
                 (State::TrailerStart, b'\r') => State::FinalLf,
-                (State::TrailerStart | State::FinalLf, b'\n') => State::Done,
-                (State::Trailer, b'\n') => State::TrailerStart,
-                (State::TrailerStart | State::Trailer, _) => State::Trailer,
+                (State::Trailer, b'\r') => State::TrailerLf,
+                (State::TrailerStart | State::Trailer, _) if in_line(b) => {
+                    self.line += 1;
+                    if self.line > MAX_TRAILERS {
+                        return Err(Invalid);
+                    }
+                    State::Trailer
+                }
+                (State::TrailerLf, b'\n') => State::TrailerStart,
+                (State::FinalLf, b'\n') => State::Done,
                 _ => return Err(Invalid),
             };
             if self.state == State::Done {
@@ -89,10 +130,6 @@ impl Scanner {
             }
         }
         Ok(None)
-    }
-
-    fn size_line_done(&mut self) -> State {
-        if self.size == 0 { State::TrailerStart } else { State::Data }
     }
 
     /// Whether the whole body was seen.
@@ -121,14 +158,29 @@ mod tests {
     }
 
     #[test]
-    fn bare_lf_line_ends_and_no_trailer() {
-        assert_eq!(Scanner::default().scan(b"3\nabc\n0\n\n"), Ok(Some(9)));
+    fn no_trailer() {
         assert_eq!(Scanner::default().scan(b"0\r\n\r\n"), Ok(Some(5)));
+        assert_eq!(Scanner::default().scan(b"3\r\nabc\r\n0\r\n\r\n"), Ok(Some(13)));
     }
 
     #[test]
-    fn rejects_what_is_not_chunked() {
-        for bad in [&b"x\r\n"[..], b"\r\n", b"5\r\nhelloXX", b"fffffffffffffffff\r\n"] {
+    fn rejects_what_is_not_strictly_chunked() {
+        let long_ext = format!("5;{}\r\nhello\r\n0\r\n\r\n", "a".repeat(5000));
+        for bad in [
+            &b"x\r\n"[..],
+            b"\r\n",
+            b"5\r\nhelloXX",
+            b"fffffffffffffffff\r\n",
+            b"-5\r\n",
+            b"0x5\r\n",
+            b"3\nabc\n0\n\n",
+            b"3\r\nabc\n",
+            b"0\r\n\n",
+            b"0\r\nX: 1\n\r\n",
+            b"5\rhello",
+            b"5;a\0b\r\n",
+            long_ext.as_bytes(),
+        ] {
             assert_eq!(Scanner::default().scan(bad), Err(Invalid), "{}", String::from_utf8_lossy(bad));
         }
     }

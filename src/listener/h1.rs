@@ -1,0 +1,281 @@
+//! HTTP/1.1 on a client connection: Weir's codec first, hyper for one request at a time, and
+//! parking in between.
+
+use std::convert::Infallible;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::Request;
+use hyper::body::Incoming;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::sync::Notify;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+
+use super::{BoxError, ClientBody, ClientIo, Forward, Forwarded, Handler, HeadTimeout, Limits, PARK_AFTER, Peer};
+use crate::proxy::Connection;
+
+/// Serves HTTP/1 on `io` until the client leaves, asks to close, idles past the keep-alive
+/// timeout, or `cancel` fires.
+pub(super) async fn serve<H: Handler, F: Forward>(
+    mut io: ClientIo,
+    peer: Peer,
+    handler: H,
+    forward: Option<F>,
+    limits: &Limits,
+    cancel: CancellationToken,
+) -> Result<(), BoxError> {
+    let handler = Arc::new(handler);
+    // Without a codec ahead of hyper: when the bytes of a head still not whole were parked.
+    let mut partial_since: Option<Instant> = None;
+    loop {
+        if io.prefix.is_empty() {
+            // Parked: the socket, the peer and the handler are all this connection holds.
+            tokio::select! {
+                biased;
+                () = cancel.cancelled() => return Ok(()),
+                waited = tokio::time::timeout(limits.keepalive, io.stream.readable()) => match waited {
+                    Err(_) => return Ok(()), // idle too long
+                    Ok(ready) => ready?,
+                },
+            }
+        }
+        let Some(forward) = &forward else {
+            if partial_since.is_some_and(|t| t.elapsed() >= limits.header_read) {
+                return Err(HeadTimeout.into());
+            }
+            let before = io.prefix.len();
+            // Boxed: hyper's connection lives only as long as the cycle, not in the parked task.
+            let cycle = Box::pin(serve_until_quiet(io, Arc::clone(&handler), peer.clone(), limits, &cancel));
+            let Some((parked, served)) = cycle.await? else { return Ok(()) };
+            io = parked;
+            // A head left unfinished keeps its clock across parks until a request completes.
+            if io.prefix.is_empty() || served || io.prefix.len() != before {
+                partial_since = None;
+            }
+            if !io.prefix.is_empty() && partial_since.is_none() {
+                partial_since = Some(Instant::now());
+            }
+            continue;
+        };
+        // Boxed, like hyper's cycle: the codec's buffers live only while the connection is busy.
+        match Box::pin(forward.forward(&mut io, &peer, limits, &cancel)).await? {
+            Forwarded::Park => continue,
+            Forwarded::Close => return Box::pin(close(io)).await,
+            Forwarded::Fallback => {}
+        }
+        let one = Box::pin(serve_one(io, Arc::clone(&handler), peer.clone(), limits, &cancel));
+        match one.await? {
+            Handed::Back(back) => io = back,
+            Handed::Close(io) => return Box::pin(close(io)).await,
+            Handed::Gone => return Ok(()),
+        }
+    }
+}
+
+/// How hyper's turn on a connection ended.
+enum Handed {
+    /// At a message boundary: the codec reads on.
+    Back(ClientIo),
+    /// The connection must close (the client asked, a body was left unread, or Weir stops).
+    Close(ClientIo),
+    /// hyper closed it already (an error, or the client left).
+    Gone,
+}
+
+/// Serves the one request at the front of `io.prefix` (a whole head the codec checked) with
+/// a hyper connection, and takes the socket back once its response was sent. The connection
+/// is handed back only if the request body was read to its end: otherwise the rest of the
+/// body would be read as the next request.
+async fn serve_one<H: Handler>(
+    io: ClientIo,
+    handler: Arc<H>,
+    peer: Peer,
+    limits: &Limits,
+    cancel: &CancellationToken,
+) -> Result<Handed, BoxError> {
+    let keep_open = io.keep_open();
+    keep_open.store(true, Ordering::Relaxed);
+    let complete = Arc::new(AtomicBool::new(false));
+    let client_close = Arc::new(AtomicBool::new(false));
+    let started = Arc::new(Notify::new());
+    let service = {
+        let (complete, client_close, started) =
+            (Arc::clone(&complete), Arc::clone(&client_close), Arc::clone(&started));
+        let body_read = limits.body_read;
+        hyper::service::service_fn(move |req: Request<Incoming>| {
+            started.notify_one();
+            client_close.store(wants_close(&req), Ordering::Relaxed);
+            let req = req.map(|b| ClientBody::new(b, body_read, Some(Arc::clone(&complete))));
+            let fut = handler.call(req, peer.clone());
+            async move { Ok::<_, Infallible>(fut.await) }
+        })
+    };
+    let mut conn = hyper::server::conn::http1::Builder::new()
+        .timer(TokioTimer::new())
+        .header_read_timeout(limits.header_read)
+        .serve_connection(TokioIo::new(io), service);
+    let (mut serving, mut draining) = (false, false);
+    loop {
+        tokio::select! {
+            done = std::future::poll_fn(|cx| Pin::new(&mut conn).poll(cx)) => {
+                if let Err(e) = done {
+                    keep_open.store(false, Ordering::Relaxed);
+                    return Err(e.into());
+                }
+                break;
+            }
+            // One request only: hyper answers it and stops at its end, and the codec reads
+            // the next head.
+            () = started.notified(), if !serving => {
+                serving = true;
+                Pin::new(&mut conn).graceful_shutdown();
+            }
+            () = cancel.cancelled(), if !draining => {
+                draining = true;
+                Pin::new(&mut conn).graceful_shutdown();
+            }
+        }
+    }
+    let parts = conn.into_parts();
+    let mut io = parts.io.into_inner();
+    keep_open.store(false, Ordering::Relaxed);
+    if !serving {
+        return Ok(Handed::Gone);
+    }
+    if draining || client_close.load(Ordering::Relaxed) || !complete.load(Ordering::Acquire) {
+        return Ok(Handed::Close(io));
+    }
+    if !parts.read_buf.is_empty() {
+        io.prefix = if io.prefix.is_empty() {
+            parts.read_buf
+        } else {
+            Bytes::from([parts.read_buf.as_ref(), io.prefix.as_ref()].concat())
+        };
+    }
+    Ok(Handed::Back(io))
+}
+
+/// Closes a client connection without losing the response just written: the write side is
+/// shut first, then whatever the client still sends (the rest of a refused or unread body)
+/// is read and dropped for a bounded time, as nginx's lingering close does. Closing with
+/// unread bytes would reset the connection, and the client could lose the response.
+pub(crate) async fn close(mut io: ClientIo) -> Result<(), BoxError> {
+    /// The most a closing connection is drained, in time and bytes.
+    const LINGER: Duration = Duration::from_secs(2);
+    const LINGER_BYTES: usize = 1 << 20;
+    let _ = io.stream.shutdown().await;
+    // On the heap: this future is part of every connection's task, parked ones included.
+    let mut sink = vec![0u8; 4096];
+    let (deadline, mut drained) = (Instant::now() + LINGER, 0);
+    while drained < LINGER_BYTES {
+        match tokio::time::timeout_at(deadline, io.stream.read(&mut sink)).await {
+            Ok(Ok(n)) if n > 0 => drained += n,
+            _ => break,
+        }
+    }
+    Ok(())
+}
+
+/// What the loop learns from the requests hyper hands to the service. One per connection,
+/// shared by its successive hyper connections (without a codec ahead of hyper).
+#[derive(Debug, Default)]
+struct Activity {
+    /// Requests whose handling started.
+    started: AtomicU64,
+    /// Requests whose response head is out of the handler.
+    answered: AtomicU64,
+    /// The last request asked to close the connection after its response.
+    client_close: AtomicBool,
+}
+
+/// Without a codec ahead of hyper (the admin API, demo backends): hyper serves requests until
+/// the connection goes quiet (returns the socket to park, and whether any request was served)
+/// or ends (`None`). The connection also closes, rather than parks, when a request body was
+/// not read to its end.
+async fn serve_until_quiet<H: Handler>(
+    io: ClientIo,
+    handler: Arc<H>,
+    peer: Peer,
+    limits: &Limits,
+    cancel: &CancellationToken,
+) -> Result<Option<(ClientIo, bool)>, BoxError> {
+    let keep_open = io.keep_open();
+    let activity = Arc::new(Activity::default());
+    let complete = Arc::new(AtomicBool::new(true));
+    let service = {
+        let (activity, complete) = (Arc::clone(&activity), Arc::clone(&complete));
+        let body_read = limits.body_read;
+        hyper::service::service_fn(move |req: Request<Incoming>| {
+            activity.started.fetch_add(1, Ordering::Relaxed);
+            activity.client_close.store(wants_close(&req), Ordering::Relaxed);
+            complete.store(false, Ordering::Relaxed);
+            let req = req.map(|b| ClientBody::new(b, body_read, Some(Arc::clone(&complete))));
+            let fut = handler.call(req, peer.clone());
+            let activity = Arc::clone(&activity);
+            async move {
+                let resp = fut.await;
+                activity.answered.fetch_add(1, Ordering::Relaxed);
+                Ok::<_, Infallible>(resp)
+            }
+        })
+    };
+    let mut conn = hyper::server::conn::http1::Builder::new()
+        .timer(TokioTimer::new())
+        .header_read_timeout(limits.header_read)
+        .serve_connection(TokioIo::new(io), service);
+    let mut tick = tokio::time::interval_at(Instant::now() + PARK_AFTER, PARK_AFTER);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let (mut seen, mut draining, mut parking) = (0, false, false);
+    loop {
+        tokio::select! {
+            done = std::future::poll_fn(|cx| Pin::new(&mut conn).poll(cx)) => {
+                done?;
+                break;
+            }
+            _ = tick.tick(), if !parking => {
+                let started = activity.started.load(Ordering::Relaxed);
+                // Quiet for a whole tick with nothing in the handler: park (hyper lets a
+                // response still streaming finish first).
+                if started == seen && activity.answered.load(Ordering::Relaxed) == started {
+                    parking = true;
+                    keep_open.store(true, Ordering::Relaxed);
+                    Pin::new(&mut conn).graceful_shutdown();
+                }
+                seen = started;
+            }
+            () = cancel.cancelled(), if !draining => {
+                draining = true;
+                Pin::new(&mut conn).graceful_shutdown();
+            }
+        }
+    }
+    keep_open.store(false, Ordering::Relaxed);
+    // hyper stopped on its own (the client asked to close, or an HTTP/1.0 client without
+    // keep-alive), or Weir is shutting down: close.
+    if !parking || draining || activity.client_close.load(Ordering::Relaxed) || !complete.load(Ordering::Acquire) {
+        return Ok(None);
+    }
+    let parts = conn.into_parts();
+    let mut io = parts.io.into_inner();
+    if !parts.read_buf.is_empty() {
+        io.prefix = if io.prefix.is_empty() {
+            parts.read_buf
+        } else {
+            Bytes::from([parts.read_buf.as_ref(), io.prefix.as_ref()].concat())
+        };
+    }
+    Ok(Some((io, activity.started.load(Ordering::Relaxed) > 0)))
+}
+
+/// Whether a request asks for its connection to close after the response.
+fn wants_close(req: &Request<Incoming>) -> bool {
+    let c = Connection::parse(req.headers().get_all(http::header::CONNECTION).iter().map(|v| v.as_bytes()));
+    match req.version() {
+        http::Version::HTTP_10 => !c.keep_alive,
+        _ => c.close,
+    }
+}
