@@ -13,6 +13,7 @@ pub mod control;
 pub mod demo;
 pub mod discovery;
 pub mod health;
+pub mod http1;
 pub mod listener;
 pub mod metrics;
 pub mod outlier;

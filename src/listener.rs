@@ -26,7 +26,7 @@ use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-pub use body::{BodyTimeout, ClientBody};
+pub use body::{ClientBody, ClientBodyError};
 pub use io::ClientIo;
 
 use crate::config::ListenerConfig;
@@ -119,7 +119,7 @@ impl ConnMetrics {
             if err.is::<HeadTimeout>() {
                 return self.errors.header_timeout.inc();
             }
-            if err.is::<BodyTimeout>() {
+            if matches!(err.downcast_ref::<ClientBodyError>(), Some(ClientBodyError::Timeout)) {
                 return self.errors.body_timeout.inc();
             }
             if timed_out(err) {
@@ -318,7 +318,7 @@ async fn serve_connection<H: Handler, F: Forward>(
                 // Boxed, like an active HTTP/1 cycle: the task of a parked connection stays small.
                 Box::pin(h2::serve(io, peer, handler, &conns.limits, cancel)).await
             } else {
-                h1::serve(io, peer, handler, forward, &conns.limits, cancel).await
+                h1::serve(io, peer, handler, forward, conns, cancel).await
             }
         }
         Err(e) => Err(e),

@@ -20,11 +20,15 @@ pub enum UpstreamErrorKind {
     Protocol,
     /// No healthy endpoint in the chosen version.
     NoEndpoint,
+    /// The client's request body failed while it was being sent (invalid chunked coding, the
+    /// body read timeout, the client left): answered 400, not held against the endpoint.
+    Client,
 }
 
 impl UpstreamErrorKind {
     /// All kinds, in label order.
-    pub const ALL: [UpstreamErrorKind; 4] = [Self::Connect, Self::Timeout, Self::Protocol, Self::NoEndpoint];
+    pub const ALL: [UpstreamErrorKind; 5] =
+        [Self::Connect, Self::Timeout, Self::Protocol, Self::NoEndpoint, Self::Client];
 
     /// The label value.
     pub fn as_str(self) -> &'static str {
@@ -33,6 +37,7 @@ impl UpstreamErrorKind {
             Self::Timeout => "timeout",
             Self::Protocol => "protocol",
             Self::NoEndpoint => "no_endpoint",
+            Self::Client => "client",
         }
     }
 }
@@ -68,7 +73,7 @@ pub struct VersionMetrics {
     /// Time to response headers.
     pub latency: prometheus::Histogram,
     /// Errors by [`UpstreamErrorKind`], indexed like [`UpstreamErrorKind::ALL`].
-    pub errors: [IntCounter; 4],
+    pub errors: [IntCounter; 5],
     /// Attempts re-sent to another endpoint.
     pub retries: IntCounter,
     /// Passive ejections of its endpoints.

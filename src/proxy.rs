@@ -2,7 +2,6 @@
 //! status codes.
 
 mod body;
-mod fields;
 mod h1;
 mod headers;
 
@@ -17,7 +16,6 @@ use http_body_util::{Either, Empty};
 use prometheus::IntCounter;
 
 pub use body::ResponseBody;
-pub use fields::Connection;
 pub use headers::{set_forwarded, strip_hop_by_hop};
 
 use crate::listener::{ClientBody, ConnMetrics, Peer};
@@ -53,6 +51,9 @@ impl ProxyError {
                 UpstreamErrorKind::Protocol => (StatusCode::BAD_GATEWAY, "weir: upstream connection failed\n"),
                 UpstreamErrorKind::Timeout => (StatusCode::GATEWAY_TIMEOUT, "weir: upstream timed out\n"),
                 UpstreamErrorKind::NoEndpoint => (StatusCode::SERVICE_UNAVAILABLE, "weir: no healthy endpoint\n"),
+                UpstreamErrorKind::Client => {
+                    (StatusCode::BAD_REQUEST, "weir: the request body was invalid or too slow\n")
+                }
             },
         }
     }
@@ -123,6 +124,13 @@ impl Proxy {
         let path = parts.uri.path_and_query().cloned().unwrap_or_else(|| PathAndQuery::from_static("/"));
         strip_hop_by_hop(&mut parts.headers);
         set_forwarded(&mut parts.headers, &client.ip, self.proto, parts.uri.authority().map(|a| a.as_str()));
+        // An HTTP/1.0 request may come without `Host`; it goes upstream as HTTP/1.1, which
+        // needs one: the endpoint's address, as nginx's `$proxy_host`.
+        if !parts.headers.contains_key(header::HOST)
+            && let Ok(v) = header::HeaderValue::from_str(&endpoint.addr.to_string())
+        {
+            parts.headers.insert(header::HOST, v);
+        }
         // Only a request without a body can be sent again here (a streamed body is gone once
         // sent); it keeps its head for that.
         let replayable = body.is_end_stream();
@@ -154,8 +162,31 @@ impl Proxy {
             match endpoint.client.send(req).await {
                 Ok((resp, lease)) => {
                     let (mut parts, body) = resp.into_parts();
+                    let check = match crate::http1::check_response(parts.status, &mut parts.headers) {
+                        Ok(check) => check,
+                        Err(why) => {
+                            // The connection is not reused (the lease drops unreleased).
+                            drop((lease, in_flight));
+                            let e = UpstreamError {
+                                kind: UpstreamErrorKind::Protocol,
+                                message: format!("invalid response: {why}"),
+                                stale: false,
+                            };
+                            match attempts.after_failure(app, version, endpoint, &e) {
+                                Some(next) => {
+                                    endpoint = next;
+                                    continue;
+                                }
+                                None => return failed(version, e, start),
+                            }
+                        }
+                    };
                     answered(app, version, endpoint, parts.status, start);
                     strip_hop_by_hop(&mut parts.headers);
+                    if check.until_close {
+                        parts.headers.insert(header::CONNECTION, header::HeaderValue::from_static("close"));
+                    }
+                    let lease = if check.reusable { lease } else { lease.no_reuse() };
                     return Response::from_parts(parts, ResponseBody::upstream(body, lease, in_flight));
                 }
                 Err(e) => {
@@ -242,13 +273,17 @@ impl Attempts {
             return Some(endpoint);
         }
         version.metrics.count_error(e.kind);
+        if e.kind == UpstreamErrorKind::Client {
+            tracing::info!(app = %app.name, endpoint = %endpoint.name, "{}", e.message);
+            return None;
+        }
         outlier::on_failure(app, version, endpoint);
         // Nothing reached the upstream after a connect error; after a reset it may have, so
         // only idempotent requests go again.
         let safe = match e.kind {
             UpstreamErrorKind::Connect => true,
             UpstreamErrorKind::Protocol => self.idempotent,
-            UpstreamErrorKind::Timeout | UpstreamErrorKind::NoEndpoint => false,
+            UpstreamErrorKind::Timeout | UpstreamErrorKind::NoEndpoint | UpstreamErrorKind::Client => false,
         };
         let next = (self.left > 0 && safe)
             .then(|| version.pool.pick_other(endpoint.addr))

@@ -70,6 +70,12 @@ pub struct Lease {
 }
 
 impl Lease {
+    /// Makes the connection close after this exchange instead of going back for reuse.
+    pub fn no_reuse(mut self) -> Self {
+        self.sender = None;
+        self
+    }
+
     /// Returns the connection to its endpoint's idle list.
     pub fn release(mut self) {
         if let Some(sender) = self.sender.take() {
@@ -285,7 +291,12 @@ impl Connections {
     async fn handshake(self: &Arc<Self>) -> Result<SendRequest<RequestBody>, UpstreamError> {
         let addr = self.addr;
         let stream = self.open().await?;
-        let (sender, conn) = http1::handshake(TokioIo::new(stream)).await.map_err(|e| classify(&e))?;
+        // Response heads over 64 KiB are refused, as Weir's own codec does.
+        let (sender, conn) = http1::Builder::new()
+            .max_buf_size(64 * 1024)
+            .handshake(TokioIo::new(stream))
+            .await
+            .map_err(|e| classify(&e))?;
         tokio::spawn(async move {
             if let Err(e) = conn.await {
                 tracing::debug!(%addr, "upstream connection ended: {e}");
@@ -322,6 +333,11 @@ fn spawn_sweeper(conns: Weak<Connections>, idle: Duration) {
 fn classify(err: &hyper::Error) -> UpstreamError {
     let mut message = err.to_string();
     let mut timed_out = err.is_timeout();
+    // The client's body broke the exchange (bad chunked coding, a stall): not the endpoint's
+    // doing.
+    if let Some(client) = crate::listener::ClientBodyError::in_chain(err) {
+        return UpstreamError { kind: UpstreamErrorKind::Client, message: client.to_string(), stale: false };
+    }
     let mut source = std::error::Error::source(err);
     while let Some(s) = source {
         message.push_str(": ");

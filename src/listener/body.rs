@@ -28,10 +28,31 @@ pub struct ClientBody {
     complete: Option<Arc<AtomicBool>>,
 }
 
-/// The client sent no body bytes for the body read timeout.
+/// Reading the client's request body failed: the client's fault, never the upstream's (the
+/// upstream exchange it breaks is not held against the endpoint, and not retried).
 #[derive(Debug, thiserror::Error)]
-#[error("request body: nothing received within the body read timeout")]
-pub struct BodyTimeout;
+pub enum ClientBodyError {
+    /// The client sent nothing for the body read timeout.
+    #[error("request body: nothing received within the body read timeout")]
+    Timeout,
+    /// The body was broken (invalid chunked coding, cut short) or the client left.
+    #[error("request body: {0}")]
+    Broken(#[source] hyper::Error),
+}
+
+impl ClientBodyError {
+    /// Whether the error (or one of its sources) is a client body error.
+    pub fn in_chain<'e>(e: &'e (dyn std::error::Error + 'static)) -> Option<&'e ClientBodyError> {
+        let mut source = Some(e);
+        while let Some(err) = source {
+            if let Some(found) = err.downcast_ref::<ClientBodyError>() {
+                return Some(found);
+            }
+            source = err.source();
+        }
+        None
+    }
+}
 
 impl ClientBody {
     /// Wraps `inner`; `complete`, if given, is set once the body was read to its end.
@@ -68,7 +89,7 @@ impl Body for ClientBody {
                 }
                 Poll::Ready(Some(Ok(frame)))
             }
-            Poll::Ready(Some(Err(e))) => Poll::Ready(Some(Err(e.into()))),
+            Poll::Ready(Some(Err(e))) => Poll::Ready(Some(Err(ClientBodyError::Broken(e).into()))),
             Poll::Pending => {
                 let deadline = Instant::now() + this.read_timeout;
                 if !this.waiting {
@@ -79,7 +100,7 @@ impl Body for ClientBody {
                     }
                 }
                 match this.timer.as_mut().expect("armed above").as_mut().poll(cx) {
-                    Poll::Ready(()) => Poll::Ready(Some(Err(BodyTimeout.into()))),
+                    Poll::Ready(()) => Poll::Ready(Some(Err(ClientBodyError::Timeout.into()))),
                     Poll::Pending => Poll::Pending,
                 }
             }

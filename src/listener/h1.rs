@@ -7,7 +7,8 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
 use bytes::Bytes;
-use http::Request;
+use http::{Request, Response};
+use http_body_util::{Either, Full};
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -15,8 +16,9 @@ use tokio::sync::Notify;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-use super::{BoxError, ClientBody, ClientIo, Forward, Forwarded, Handler, HeadTimeout, Limits, PARK_AFTER, Peer};
-use crate::proxy::Connection;
+use super::{BoxError, ClientBody, ClientIo, Connections, Forward, Forwarded, Handler, HeadTimeout, PARK_AFTER, Peer};
+use crate::http1::{self, Connection};
+use crate::listener::ConnMetrics;
 
 /// Serves HTTP/1 on `io` until the client leaves, asks to close, idles past the keep-alive
 /// timeout, or `cancel` fires.
@@ -25,9 +27,10 @@ pub(super) async fn serve<H: Handler, F: Forward>(
     peer: Peer,
     handler: H,
     forward: Option<F>,
-    limits: &Limits,
+    conns: &Connections,
     cancel: CancellationToken,
 ) -> Result<(), BoxError> {
+    let limits = &conns.limits;
     let handler = Arc::new(handler);
     // Without a codec ahead of hyper: when the bytes of a head still not whole were parked.
     let mut partial_since: Option<Instant> = None;
@@ -49,7 +52,7 @@ pub(super) async fn serve<H: Handler, F: Forward>(
             }
             let before = io.prefix.len();
             // Boxed: hyper's connection lives only as long as the cycle, not in the parked task.
-            let cycle = Box::pin(serve_until_quiet(io, Arc::clone(&handler), peer.clone(), limits, &cancel));
+            let cycle = Box::pin(serve_until_quiet(io, Arc::clone(&handler), peer.clone(), conns, &cancel));
             let Some((parked, served)) = cycle.await? else { return Ok(()) };
             io = parked;
             // A head left unfinished keeps its clock across parks until a request completes.
@@ -67,7 +70,7 @@ pub(super) async fn serve<H: Handler, F: Forward>(
             Forwarded::Close => return Box::pin(close(io)).await,
             Forwarded::Fallback => {}
         }
-        let one = Box::pin(serve_one(io, Arc::clone(&handler), peer.clone(), limits, &cancel));
+        let one = Box::pin(serve_one(io, Arc::clone(&handler), peer.clone(), conns, &cancel));
         match one.await? {
             Handed::Back(back) => io = back,
             Handed::Close(io) => return Box::pin(close(io)).await,
@@ -86,67 +89,81 @@ enum Handed {
     Gone,
 }
 
-/// Serves the one request at the front of `io.prefix` (a whole head the codec checked) with
-/// a hyper connection, and takes the socket back once its response was sent. The connection
-/// is handed back only if the request body was read to its end: otherwise the rest of the
-/// body would be read as the next request.
+/// Serves the request at the front of `io.prefix` (a whole head the codec checked) with a
+/// hyper connection, and takes the socket back once its response was sent: hyper is told to
+/// stop as soon as the response head is out (after it, so the head does not say `close`).
+/// Should hyper read a pipelined head meanwhile, that request is checked by the same rules
+/// ([`checked`]). The connection is handed back only if the request body was read to its
+/// end: otherwise the rest of the body would be read as the next request.
 async fn serve_one<H: Handler>(
     io: ClientIo,
     handler: Arc<H>,
     peer: Peer,
-    limits: &Limits,
+    conns: &Connections,
     cancel: &CancellationToken,
 ) -> Result<Handed, BoxError> {
     let keep_open = io.keep_open();
     keep_open.store(true, Ordering::Relaxed);
-    let complete = Arc::new(AtomicBool::new(false));
-    let client_close = Arc::new(AtomicBool::new(false));
-    let started = Arc::new(Notify::new());
+    let state = Arc::new(Turn::default());
     let service = {
-        let (complete, client_close, started) =
-            (Arc::clone(&complete), Arc::clone(&client_close), Arc::clone(&started));
-        let body_read = limits.body_read;
+        let (state, metrics) = (Arc::clone(&state), conns.metrics.clone());
+        let body_read = conns.limits.body_read;
         hyper::service::service_fn(move |req: Request<Incoming>| {
-            started.notify_one();
-            client_close.store(wants_close(&req), Ordering::Relaxed);
-            let req = req.map(|b| ClientBody::new(b, body_read, Some(Arc::clone(&complete))));
-            let fut = handler.call(req, peer.clone());
-            async move { Ok::<_, Infallible>(fut.await) }
+            state.started.fetch_add(1, Ordering::Relaxed);
+            state.client_close.store(wants_close(&req), Ordering::Relaxed);
+            state.complete.store(false, Ordering::Relaxed);
+            let refused = checked(&req, &metrics, &peer);
+            if refused.is_some() {
+                state.refused.store(true, Ordering::Relaxed);
+            }
+            let req = req.map(|b| ClientBody::new(b, body_read, Some(Arc::clone(&state.complete))));
+            let fut = refused.is_none().then(|| handler.call(req, peer.clone()));
+            let state = Arc::clone(&state);
+            async move {
+                let resp = match (fut, refused) {
+                    (Some(fut), _) => fut.await.map(Either::Left),
+                    (None, refusal) => refusal.expect("refused when not handled"),
+                };
+                state.answered.notify_one();
+                Ok::<_, Infallible>(resp)
+            }
         })
     };
     let mut conn = hyper::server::conn::http1::Builder::new()
         .timer(TokioTimer::new())
-        .header_read_timeout(limits.header_read)
+        .header_read_timeout(conns.limits.header_read)
         .serve_connection(TokioIo::new(io), service);
-    let (mut serving, mut draining) = (false, false);
+    let (mut stopping, mut draining) = (false, false);
     loop {
         tokio::select! {
-            done = std::future::poll_fn(|cx| Pin::new(&mut conn).poll(cx)) => {
+            done = std::future::poll_fn(|cx| std::pin::Pin::new(&mut conn).poll(cx)) => {
                 if let Err(e) = done {
                     keep_open.store(false, Ordering::Relaxed);
                     return Err(e.into());
                 }
                 break;
             }
-            // One request only: hyper answers it and stops at its end, and the codec reads
-            // the next head.
-            () = started.notified(), if !serving => {
-                serving = true;
-                Pin::new(&mut conn).graceful_shutdown();
+            () = state.answered.notified(), if !stopping => {
+                stopping = true;
+                std::pin::Pin::new(&mut conn).graceful_shutdown();
             }
             () = cancel.cancelled(), if !draining => {
                 draining = true;
-                Pin::new(&mut conn).graceful_shutdown();
+                std::pin::Pin::new(&mut conn).graceful_shutdown();
             }
         }
     }
     let parts = conn.into_parts();
     let mut io = parts.io.into_inner();
     keep_open.store(false, Ordering::Relaxed);
-    if !serving {
+    if state.started.load(Ordering::Relaxed) == 0 {
         return Ok(Handed::Gone);
     }
-    if draining || client_close.load(Ordering::Relaxed) || !complete.load(Ordering::Acquire) {
+    if draining
+        || state.refused.load(Ordering::Relaxed)
+        || state.client_close.load(Ordering::Relaxed)
+        || !state.complete.load(Ordering::Acquire)
+    {
         return Ok(Handed::Close(io));
     }
     if !parts.read_buf.is_empty() {
@@ -157,6 +174,44 @@ async fn serve_one<H: Handler>(
         };
     }
     Ok(Handed::Back(io))
+}
+
+/// What one hyper turn learns from the requests it hands to the service.
+#[derive(Debug)]
+struct Turn {
+    started: AtomicU64,
+    answered: Notify,
+    client_close: AtomicBool,
+    /// A request was refused for its framing: the connection closes after the answer.
+    refused: AtomicBool,
+    /// The last request's body was read to its end.
+    complete: Arc<AtomicBool>,
+}
+
+impl Default for Turn {
+    fn default() -> Self {
+        Turn {
+            started: AtomicU64::new(0),
+            answered: Notify::new(),
+            client_close: AtomicBool::new(false),
+            refused: AtomicBool::new(false),
+            complete: Arc::new(AtomicBool::new(true)),
+        }
+    }
+}
+
+/// Checks a request hyper parsed with the rules Weir's codec applies
+/// ([`http1::check_request`]); a refused one is answered here, with `Connection: close`.
+fn checked<B>(req: &Request<Incoming>, metrics: &ConnMetrics, peer: &Peer) -> Option<Response<Either<B, Full<Bytes>>>> {
+    let (status, why) = http1::check_parsed(req).err()?;
+    metrics.errors.bad_request.inc();
+    tracing::info!(client = %peer.addr, status = status.as_u16(), "refused a request: {why}");
+    let mut resp = Response::new(Either::Right(Full::new(Bytes::from(format!("weir: {why}\n")))));
+    *resp.status_mut() = status;
+    let headers = resp.headers_mut();
+    headers.insert(http::header::CONTENT_TYPE, http::HeaderValue::from_static("text/plain; charset=utf-8"));
+    headers.insert(http::header::CONNECTION, http::HeaderValue::from_static("close"));
+    Some(resp)
 }
 
 /// Closes a client connection without losing the response just written: the write side is
@@ -200,24 +255,32 @@ async fn serve_until_quiet<H: Handler>(
     io: ClientIo,
     handler: Arc<H>,
     peer: Peer,
-    limits: &Limits,
+    conns: &Connections,
     cancel: &CancellationToken,
 ) -> Result<Option<(ClientIo, bool)>, BoxError> {
+    let limits = &conns.limits;
     let keep_open = io.keep_open();
     let activity = Arc::new(Activity::default());
     let complete = Arc::new(AtomicBool::new(true));
     let service = {
-        let (activity, complete) = (Arc::clone(&activity), Arc::clone(&complete));
+        let (activity, complete, metrics) = (Arc::clone(&activity), Arc::clone(&complete), conns.metrics.clone());
         let body_read = limits.body_read;
         hyper::service::service_fn(move |req: Request<Incoming>| {
             activity.started.fetch_add(1, Ordering::Relaxed);
             activity.client_close.store(wants_close(&req), Ordering::Relaxed);
             complete.store(false, Ordering::Relaxed);
+            let refused = checked(&req, &metrics, &peer);
+            if refused.is_some() {
+                activity.client_close.store(true, Ordering::Relaxed);
+            }
             let req = req.map(|b| ClientBody::new(b, body_read, Some(Arc::clone(&complete))));
-            let fut = handler.call(req, peer.clone());
+            let fut = refused.is_none().then(|| handler.call(req, peer.clone()));
             let activity = Arc::clone(&activity);
             async move {
-                let resp = fut.await;
+                let resp = match (fut, refused) {
+                    (Some(fut), _) => fut.await.map(Either::Left),
+                    (None, refusal) => refusal.expect("refused when not handled"),
+                };
                 activity.answered.fetch_add(1, Ordering::Relaxed);
                 Ok::<_, Infallible>(resp)
             }

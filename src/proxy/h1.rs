@@ -14,6 +14,8 @@
 //! retries, health and metrics are the same functions either way.
 
 mod chunked;
+#[cfg(test)]
+mod fuzz;
 mod head;
 mod request;
 mod response;
@@ -229,6 +231,9 @@ impl Proxy {
             }
             Err(e) => return Step::Refuse(refusal(StatusCode::BAD_REQUEST, &format!("invalid request head: {e}"))),
         };
+        if len > MAX_HEAD {
+            return Step::Refuse(refusal(StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE, "request head over 64 KiB"));
+        }
         let (body, host, close, idempotent, head) = match request::inspect(&req) {
             request::Request::Forward { .. } if !self.fast => return Step::Fallback("the fast path is off"),
             request::Request::Forward { body, host, close, idempotent, head } => (body, host, close, idempotent, head),
@@ -324,6 +329,9 @@ async fn attempt(
             let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
             let mut resp = httparse::Response::new(&mut headers);
             match resp.parse(up) {
+                Ok(httparse::Status::Complete(len)) if len > MAX_HEAD => {
+                    return Err(protocol(format!("response head over {MAX_HEAD} bytes")));
+                }
                 Ok(httparse::Status::Complete(len)) => match resp.code {
                     Some(101) => return Err(protocol("101 Switching Protocols to a request without upgrade".into())),
                     Some(100..=199) => {

@@ -23,7 +23,7 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
     // Only the rare request with `Connection: foo, bar` pays for collecting the names.
     if headers.contains_key(header::CONNECTION) {
         let values = headers.get_all(header::CONNECTION).iter().map(HeaderValue::as_bytes);
-        let extra: Vec<HeaderName> = super::fields::tokens(values)
+        let extra: Vec<HeaderName> = crate::http1::tokens(values)
             .filter_map(|n| HeaderName::from_bytes(n).ok())
             .filter(|n| ![header::CONTENT_LENGTH, header::TRANSFER_ENCODING, header::HOST].contains(n))
             .collect();
@@ -44,12 +44,16 @@ pub(super) static X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forw
 /// `X-Forwarded-Proto` and `X-Forwarded-Host`, and makes sure `Host` is present (HTTP/2 clients
 /// send `:authority` instead, and HTTP/1.1 upstreams require `Host`).
 pub fn set_forwarded(headers: &mut HeaderMap, client_ip: &HeaderValue, proto: &'static str, authority: Option<&str>) {
-    let xff = match headers.get(&X_FORWARDED_FOR).and_then(|v| v.to_str().ok()) {
-        Some(prev) if !prev.trim().is_empty() => {
-            let ip = client_ip.to_str().unwrap_or_default();
-            HeaderValue::from_str(&format!("{prev}, {ip}")).ok()
+    // Every field of the chain, in order (a client may send several), then the client.
+    let chain = crate::http1::tokens(headers.get_all(&X_FORWARDED_FOR).iter().map(HeaderValue::as_bytes));
+    let xff = match chain.collect::<Vec<_>>() {
+        prev if prev.is_empty() => Some(client_ip.clone()),
+        prev => {
+            let mut v = prev.join(&b", "[..]);
+            v.extend_from_slice(b", ");
+            v.extend_from_slice(client_ip.as_bytes());
+            HeaderValue::from_bytes(&v).ok()
         }
-        _ => Some(client_ip.clone()),
     };
     if let Some(v) = xff {
         headers.insert(X_FORWARDED_FOR.clone(), v);

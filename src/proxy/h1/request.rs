@@ -5,7 +5,7 @@
 use http::StatusCode;
 
 use super::head::{connection, field, is_hop_by_hop, is_x_forwarded, listed, number, values};
-use crate::proxy::fields;
+use crate::http1::{self, tokens};
 use crate::proxy::headers::X_FORWARDED_FOR;
 
 /// The largest request body the fast path takes: read whole before the request goes
@@ -36,65 +36,16 @@ pub enum Request<'h> {
     Reject(StatusCode, &'static str),
 }
 
-fn bad(why: &'static str) -> Request<'static> {
-    Request::Reject(StatusCode::BAD_REQUEST, why)
-}
-
-/// Checks a parsed request head and decides who forwards it.
+/// Checks a parsed request head ([`http1::check_request`]) and decides who forwards it.
 pub fn inspect<'b>(req: &httparse::Request<'_, 'b>) -> Request<'b> {
     let (Some(method), Some(target), Some(version)) = (req.method, req.path, req.version) else {
-        return bad("incomplete request line");
+        return Request::Reject(StatusCode::BAD_REQUEST, "incomplete request line");
     };
-    let mut host = None;
-    let mut length = None;
-    let mut chunked = None;
-    let mut hosts = 0;
-    for h in req.headers.iter() {
-        let name = h.name;
-        if name.eq_ignore_ascii_case("host") {
-            hosts += 1;
-            host = Some(h.value);
-        } else if name.eq_ignore_ascii_case("content-length") {
-            // Two fields, even equal, are refused (nginx and HAProxy's strict choice).
-            if length.is_some() {
-                return bad("more than one Content-Length");
-            }
-            match fields::content_length(h.value) {
-                Some(n) => length = Some(n),
-                None => return bad("invalid Content-Length"),
-            }
-        } else if name.eq_ignore_ascii_case("transfer-encoding") {
-            if chunked.is_some() {
-                return bad("more than one Transfer-Encoding");
-            }
-            if !fields::is_chunked(h.value) {
-                return Request::Reject(StatusCode::NOT_IMPLEMENTED, "a transfer coding other than chunked");
-            }
-            chunked = Some(());
-        }
-    }
-    if chunked.is_some() && length.is_some() {
-        return bad("both Content-Length and Transfer-Encoding");
-    }
-    if chunked.is_some() && version == 0 {
-        return bad("Transfer-Encoding in an HTTP/1.0 request");
-    }
-    if hosts > 1 {
-        return bad("more than one Host");
-    }
-    // An absolute-form target names the host itself (RFC 9112 §3.2.2; nginx takes it too).
-    if hosts == 0 && version == 1 && !target.contains("://") {
-        return bad("no Host in an HTTP/1.1 request");
-    }
-    let host = match host.map(std::str::from_utf8) {
-        None => None,
-        Some(Ok(h)) if h.is_empty() || http::uri::Authority::try_from(h).is_ok() => Some(h),
-        Some(_) => return bad("invalid Host"),
+    let fields = req.headers.iter().map(|h| (h.name.as_bytes(), h.value));
+    let framing = match http1::check_request(version == 1, target.contains("://"), fields) {
+        Ok(f) => f,
+        Err((status, why)) => return Request::Reject(status, why),
     };
-    let conn = connection(req.headers);
-    if conn.lists_framing {
-        return bad("Connection lists Content-Length, Transfer-Encoding or Host");
-    }
     // Checked: now, who forwards it.
     if version != 1 {
         return Request::Fallback("HTTP/1.0");
@@ -102,21 +53,21 @@ pub fn inspect<'b>(req: &httparse::Request<'_, 'b>) -> Request<'b> {
     if !target.starts_with('/') {
         return Request::Fallback("not origin-form");
     }
-    if chunked.is_some() {
+    if framing.chunked {
         return Request::Fallback("a chunked body");
     }
-    if conn.upgrade || values(req.headers, "upgrade").next().is_some() {
+    if framing.connection.upgrade || values(req.headers, "upgrade").next().is_some() {
         return Request::Fallback("an upgrade");
     }
     if values(req.headers, "expect").next().is_some() {
         return Request::Fallback("an expectation");
     }
-    let body = match usize::try_from(length.unwrap_or(0)) {
+    let body = match usize::try_from(framing.length.unwrap_or(0)) {
         Ok(n) if n <= MAX_BODY => n,
         _ => return Request::Fallback("a body over 64 KiB"),
     };
     let idempotent = matches!(method, "GET" | "HEAD" | "PUT" | "DELETE" | "OPTIONS" | "TRACE");
-    Request::Forward { body, host, close: conn.close, idempotent, head: method == "HEAD" }
+    Request::Forward { body, host: framing.host, close: framing.connection.close, idempotent, head: method == "HEAD" }
 }
 
 /// Writes the request to send upstream into `out`: the request line in origin form as
@@ -156,7 +107,7 @@ pub fn encode(
     }
     out.extend_from_slice(X_FORWARDED_FOR.as_str().as_bytes());
     out.extend_from_slice(b": ");
-    for prev in fields::tokens(values(req.headers, "x-forwarded-for")) {
+    for prev in tokens(values(req.headers, "x-forwarded-for")) {
         out.extend_from_slice(prev);
         out.extend_from_slice(b", ");
     }

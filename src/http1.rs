@@ -1,0 +1,221 @@
+//! The HTTP/1 field rules every path applies, on raw bytes: which request heads are refused
+//! ([`check_request`]), `Connection` tokens, `Content-Length` and `Transfer-Encoding` values.
+//! One implementation each, used by Weir's codec (on `httparse` fields), by hyper's path (on
+//! `HeaderMap`s, for requests hyper parsed itself) and by header rewriting.
+
+use http::StatusCode;
+
+/// The comma-separated, trimmed, non-empty tokens of some field values.
+pub fn tokens<'v>(values: impl Iterator<Item = &'v [u8]>) -> impl Iterator<Item = &'v [u8]> {
+    values.flat_map(|v| v.split(|&b| b == b',')).map(<[u8]>::trim_ascii).filter(|t| !t.is_empty())
+}
+
+/// What the `Connection` fields of a head say (RFC 9110 §7.6.1).
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Connection {
+    /// `close`: the connection ends after this message.
+    pub close: bool,
+    /// `keep-alive` (what an HTTP/1.0 peer needs to keep the connection).
+    pub keep_alive: bool,
+    /// `upgrade`.
+    pub upgrade: bool,
+    /// It names other fields, which are hop-by-hop too and must not be forwarded.
+    pub lists_others: bool,
+    /// It names a field that frames or routes the message (`Content-Length`,
+    /// `Transfer-Encoding`, `Host`): a request smuggling attempt, refused.
+    pub lists_framing: bool,
+}
+
+impl Connection {
+    /// Parses every `Connection` field value of a head.
+    pub fn parse<'v>(values: impl Iterator<Item = &'v [u8]>) -> Self {
+        let mut c = Connection::default();
+        for t in tokens(values) {
+            if t.eq_ignore_ascii_case(b"close") {
+                c.close = true;
+            } else if t.eq_ignore_ascii_case(b"keep-alive") {
+                c.keep_alive = true;
+            } else if t.eq_ignore_ascii_case(b"upgrade") {
+                c.upgrade = true;
+            } else {
+                c.lists_others = true;
+                c.lists_framing |=
+                    [&b"content-length"[..], b"transfer-encoding", b"host"].iter().any(|f| t.eq_ignore_ascii_case(f));
+            }
+        }
+        c
+    }
+}
+
+/// A `Content-Length` value: 1*DIGIT with optional surrounding whitespace, no sign, no list
+/// (RFC 9110 §8.6). At most 18 digits, so it fits any size Weir handles without overflow.
+pub fn content_length(value: &[u8]) -> Option<u64> {
+    let v = value.trim_ascii();
+    if v.is_empty() || v.len() > 18 || !v.iter().all(u8::is_ascii_digit) {
+        return None;
+    }
+    Some(v.iter().fold(0, |n, d| n * 10 + u64::from(d - b'0')))
+}
+
+/// Whether `value` is exactly one `chunked` token: the only request transfer coding Weir
+/// forwards (anything else is refused, as nginx does).
+pub fn is_chunked(value: &[u8]) -> bool {
+    value.trim_ascii().eq_ignore_ascii_case(b"chunked")
+}
+
+/// What a checked request head says about its framing.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RequestFraming<'v> {
+    /// Its `Content-Length`, if any.
+    pub length: Option<u64>,
+    /// Whether it has a chunked body.
+    pub chunked: bool,
+    /// Its one `Host` value (checked: empty or a valid authority), if any.
+    pub host: Option<&'v str>,
+    /// Its `Connection` fields.
+    pub connection: Connection,
+}
+
+/// Checks the fields of a request head (RFC 9112 §3.2, §6.1, §6.3; RFC 9110 §7.6.1) and says
+/// how its body is framed, or why it is refused — the status and the reason. Strict where the
+/// RFC allows a choice, as nginx and HAProxy are: two `Content-Length` fields even if equal,
+/// `Content-Length` with `Transfer-Encoding`, a transfer coding other than `chunked` (501),
+/// `Transfer-Encoding` in HTTP/1.0, no or several `Host` fields, and a `Connection` field that
+/// lists `Content-Length`, `Transfer-Encoding` or `Host` are all refused. `http11`: the
+/// request is HTTP/1.1; `absolute`: its target carries the authority.
+pub fn check_request<'v>(
+    http11: bool,
+    absolute: bool,
+    fields: impl Iterator<Item = (&'v [u8], &'v [u8])>,
+) -> Result<RequestFraming<'v>, (StatusCode, &'static str)> {
+    let bad = |why| Err((StatusCode::BAD_REQUEST, why));
+    let (mut length, mut chunked, mut host, mut hosts) = (None, false, None, 0);
+    let mut connection_values: [Option<&[u8]>; 4] = [None; 4];
+    let mut connections = 0;
+    for (name, value) in fields {
+        if name.eq_ignore_ascii_case(b"host") {
+            hosts += 1;
+            host = Some(value);
+        } else if name.eq_ignore_ascii_case(b"content-length") {
+            if length.is_some() {
+                return bad("more than one Content-Length");
+            }
+            match content_length(value) {
+                Some(n) => length = Some(n),
+                None => return bad("invalid Content-Length"),
+            }
+        } else if name.eq_ignore_ascii_case(b"transfer-encoding") {
+            if chunked {
+                return bad("more than one Transfer-Encoding");
+            }
+            if !is_chunked(value) {
+                return Err((StatusCode::NOT_IMPLEMENTED, "a transfer coding other than chunked"));
+            }
+            chunked = true;
+        } else if name.eq_ignore_ascii_case(b"connection") {
+            match connection_values.get_mut(connections) {
+                Some(slot) => *slot = Some(value),
+                None => return bad("more than four Connection fields"),
+            }
+            connections += 1;
+        }
+    }
+    if chunked && length.is_some() {
+        return bad("both Content-Length and Transfer-Encoding");
+    }
+    if chunked && !http11 {
+        return bad("Transfer-Encoding in an HTTP/1.0 request");
+    }
+    if hosts > 1 {
+        return bad("more than one Host");
+    }
+    // An absolute-form target names the host itself (RFC 9112 §3.2.2; nginx takes it too).
+    if hosts == 0 && http11 && !absolute {
+        return bad("no Host in an HTTP/1.1 request");
+    }
+    let host = match host.map(std::str::from_utf8) {
+        None => None,
+        Some(Ok(h)) if h.is_empty() || http::uri::Authority::try_from(h).is_ok() => Some(h),
+        Some(_) => return bad("invalid Host"),
+    };
+    let connection = Connection::parse(connection_values.into_iter().flatten());
+    if connection.lists_framing {
+        return bad("Connection lists Content-Length, Transfer-Encoding or Host");
+    }
+    Ok(RequestFraming { length, chunked, host, connection })
+}
+
+/// [`check_request`] on a request hyper parsed.
+pub fn check_parsed<B>(req: &http::Request<B>) -> Result<(), (StatusCode, &'static str)> {
+    let http11 = req.version() == http::Version::HTTP_11;
+    let fields = req.headers().iter().map(|(n, v)| (n.as_str().as_bytes(), v.as_bytes()));
+    check_request(http11, req.uri().authority().is_some(), fields).map(|_| ())
+}
+
+/// What a response head hyper parsed from an upstream means for the two connections.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ResponseCheck {
+    /// The upstream connection may take another request after this response.
+    pub reusable: bool,
+    /// The body runs until the upstream closes (a coding other than chunked): the client
+    /// connection must close after it too.
+    pub until_close: bool,
+}
+
+/// Checks a response head from an upstream, for the general path (Weir's codec applies the
+/// same rules in `proxy::h1::response`): two `Content-Length` fields, or a 101 to a request
+/// that did not ask to upgrade, are refused (502); `Content-Length` beside
+/// `Transfer-Encoding` is dropped and the upstream connection not reused (RFC 9112 §6.1).
+pub fn check_response(status: StatusCode, headers: &mut http::HeaderMap) -> Result<ResponseCheck, &'static str> {
+    if status == StatusCode::SWITCHING_PROTOCOLS {
+        return Err("101 Switching Protocols to a request that did not ask to upgrade");
+    }
+    if headers.get_all(http::header::CONTENT_LENGTH).iter().count() > 1 {
+        return Err("more than one Content-Length");
+    }
+    // hyper's read buffer bound is not exact; the head's size is (64 KiB, as the codec's).
+    if headers.iter().map(|(n, v)| n.as_str().len() + v.len() + 4).sum::<usize>() > 64 * 1024 {
+        return Err("response head over 64 KiB");
+    }
+    let coded = headers.contains_key(http::header::TRANSFER_ENCODING);
+    let mut check = ResponseCheck { reusable: true, until_close: false };
+    if coded {
+        let codings = headers.get_all(http::header::TRANSFER_ENCODING).iter().map(http::HeaderValue::as_bytes);
+        check.until_close = !tokens(codings).last().is_some_and(|c| c.eq_ignore_ascii_case(b"chunked"));
+        if headers.remove(http::header::CONTENT_LENGTH).is_some() {
+            check.reusable = false;
+        }
+    }
+    Ok(check)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn connection_tokens() {
+        let c = Connection::parse([&b"keep-alive, X-Debug"[..], b" Upgrade "].into_iter());
+        assert!(c.keep_alive && c.upgrade && c.lists_others && !c.close && !c.lists_framing);
+        for v in ["content-length", "close, Transfer-Encoding", "HOST"] {
+            assert!(Connection::parse([v.as_bytes()].into_iter()).lists_framing, "{v}");
+        }
+    }
+
+    #[test]
+    fn content_length_is_digits_only() {
+        assert_eq!(content_length(b"0"), Some(0));
+        assert_eq!(content_length(b" 42 "), Some(42));
+        for bad in ["", "+5", "-1", "0x5", "5 5", "5,5", "1e3", "9999999999999999999", " "] {
+            assert_eq!(content_length(bad.as_bytes()), None, "{bad}");
+        }
+    }
+
+    #[test]
+    fn chunked_only_alone() {
+        assert!(is_chunked(b"chunked") && is_chunked(b" Chunked"));
+        for bad in ["xchunked", "chunked, identity", "gzip, chunked", "identity", "chunked;q=1", ""] {
+            assert!(!is_chunked(bad.as_bytes()), "{bad}");
+        }
+    }
+}
