@@ -247,13 +247,13 @@ async fn first_probes(snapshot: &ArcSwap<Snapshot>, limit: std::time::Duration) 
     let deadline = tokio::time::Instant::now() + limit;
     loop {
         let snap = snapshot.load();
-        let pending = snap
-            .apps
-            .iter()
-            .flat_map(|a| a.versions.iter())
-            .filter(|v| v.probe.is_some())
-            .flat_map(|v| v.pool.endpoints())
-            .any(|e| e.state.record().last_probe.is_none());
+        // A probed version with no endpoint yet counts as pending too: right after discovery
+        // syncs, the control task may not have stored the snapshot with what it listed (a
+        // race the tests hit under load). A pool that is really empty waits out `limit`.
+        let pending = snap.apps.iter().flat_map(|a| a.versions.iter()).filter(|v| v.probe.is_some()).any(|v| {
+            let endpoints = v.pool.endpoints();
+            endpoints.is_empty() || endpoints.iter().any(|e| e.state.record().last_probe.is_none())
+        });
         if !pending || tokio::time::Instant::now() >= deadline {
             return;
         }
