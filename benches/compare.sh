@@ -8,8 +8,10 @@
 #   ROUNDS=7 DURATION=15 benches/compare.sh
 #
 # Knobs: ROUNDS (5), DURATION seconds per wrk run (10), CONNS (64), PIN (1: wrk on CPU 0,
-# proxies and backends on CPU 1), HOLD (1: RSS at 1,000 and 10,000 open connections),
-# EXTRA (1: Weir under split changes and with 100 probed endpoints).
+# proxies and backends on CPU 1), HOLD (1: RSS at 1,000 and 10,000 open connections, and
+# after they close), EXTRA (1: Weir under split changes and with 100 probed endpoints),
+# BASELINE (path to another weir binary, e.g. an older build: measured in the same rounds
+# as "weir-base", for before/after comparisons on a noisy machine).
 set -euo pipefail
 
 ROUNDS=${ROUNDS:-5}
@@ -58,7 +60,8 @@ PROXY_CPU=""; WRK_CPU=""
 if [ "$PIN" = 1 ] && [ "$(nproc)" -ge 2 ]; then PROXY_CPU="taskset -c 1"; WRK_CPU="taskset -c 0"; fi
 
 B=(18181 18182 18183 18184)   # v1, v1, v2, v2
-NGINX=18190 HAPROXY=18191 WEIRP=18192 WADMIN=18199
+NGINX=18190 HAPROXY=18191 WEIRP=18192 WADMIN=18199 WEIRB=18193 WBADMIN=18198
+BASELINE=${BASELINE:-}
 
 start() { # name, command...
   local name=$1; shift
@@ -163,6 +166,11 @@ start nginx nginx -c "$WORK/nginx.conf" -g 'daemon off;'
 start haproxy haproxy -f "$WORK/haproxy.cfg" -db
 start weir "$WEIR" serve --config "$WORK/weir.toml"
 for p in $NGINX $HAPROXY $WEIRP; do wait_port "$p"; done
+if [ -n "$BASELINE" ]; then
+  sed -e "s/:$WEIRP\"/:$WEIRB\"/" -e "s/:$WADMIN\"/:$WBADMIN\"/" "$WORK/weir.toml" >"$WORK/weir-base.toml"
+  start weir-base "$BASELINE" serve --config "$WORK/weir-base.toml"
+  wait_port $WEIRB
+fi
 
 hits() { # v1 v2 request counts from the backends
   local v1=0 v2=0 i
@@ -202,13 +210,14 @@ PY
 }
 
 echo "warming up..."
-for port in $WEIRP $NGINX $HAPROXY ${B[0]}; do $WRK_CPU wrk -t1 -c"$CONNS" -d2s "http://127.0.0.1:$port/" >/dev/null 2>&1 || true; done
-
 peers=("weir:$WEIRP" "nginx:$NGINX" "haproxy:$HAPROXY" "direct:${B[0]}")
+[ -n "$BASELINE" ] && peers+=("weir-base:$WEIRB")
+for entry in "${peers[@]}"; do $WRK_CPU wrk -t1 -c"$CONNS" -d2s "http://127.0.0.1:${entry##*:}/" >/dev/null 2>&1 || true; done
+
 for round in $(seq 1 "$ROUNDS"); do
   # Rotate the order each round so drift hits every peer alike.
-  for i in 0 1 2 3; do
-    entry=${peers[$(( (i + round) % 4 ))]}
+  for i in $(seq 0 $((${#peers[@]} - 1))); do
+    entry=${peers[$(( (i + round) % ${#peers[@]} ))]}
     echo "round $round/$ROUNDS: ${entry%%:*}"
     run_wrk "${entry%%:*}" "${entry##*:}" "$round"
   done
@@ -224,7 +233,9 @@ rss_kb() { # total VmRSS of a process and its children
 }
 MEM="$WORK/mem.tsv"; : >"$MEM"
 if [ "$HOLD" = 1 ]; then
-  for entry in "weir:$WEIRP" "nginx:$NGINX" "haproxy:$HAPROXY"; do
+  held=("weir:$WEIRP" "nginx:$NGINX" "haproxy:$HAPROXY")
+  [ -n "$BASELINE" ] && held+=("weir-base:$WEIRB")
+  for entry in "${held[@]}"; do
     peer=${entry%%:*}; port=${entry##*:}; pid=$(cat "$WORK/$peer.pid")
     idle=$(rss_kb "$pid")
     line="$peer\t$idle"
@@ -237,6 +248,9 @@ if [ "$HOLD" = 1 ]; then
       kill "$hold" 2>/dev/null || true; wait "$hold" 2>/dev/null || true
       sleep 1
     done
+    # After the 10,000 closed: does the memory go back?
+    sleep 2
+    line="$line\t$(rss_kb "$pid")"
     echo -e "$line" >>"$MEM"
   done
 fi
@@ -278,10 +292,10 @@ for peer, rnd, rps, p50, p99, err, share in rows:
 rps_in = {p: {r[0]: r[1] for r in v} for p, v in by.items()}
 def ratio(peer, base):
     rs = [rps_in[peer][k] / rps_in[base][k] for k in rps_in.get(peer, {}) if k in rps_in.get(base, {})]
-    return f"{statistics.median(rs):.2f}x" if rs and peer in ("weir", "nginx", "haproxy", "direct") else "-"
+    return f"{statistics.median(rs):.2f}x" if rs and peer in ("weir", "weir-base", "nginx", "haproxy", "direct") else "-"
 print()
 print(f"{'peer':<14}{'req/s':>9}{'p50 ms':>9}{'p99 ms':>9}{'errors':>8}{'v2 %':>7}{'vs nginx':>10}{'vs direct':>11}")
-for peer in ["weir", "nginx", "haproxy", "direct", "weir+changes", "weir+probes"]:
+for peer in ["weir", "weir-base", "nginx", "haproxy", "direct", "weir+changes", "weir+probes"]:
     if peer not in by:
         continue
     v = by[peer]
@@ -291,10 +305,10 @@ for peer in ["weir", "nginx", "haproxy", "direct", "weir+changes", "weir+probes"
 mem = [l.split("\t") for l in open(sys.argv[2]).read().splitlines() if l]
 if mem:
     print()
-    print(f"{'RSS (MiB)':<14}{'idle':>8}{'1k conns':>10}{'10k conns':>11}{'KiB/conn':>10}")
+    print(f"{'RSS (MiB)':<14}{'idle':>8}{'1k conns':>10}{'10k conns':>11}{'KiB/conn':>10}{'closed':>9}")
     for m in mem:
         peer, idle = m[0], int(m[1])
-        k1, k10 = int(m[2]), int(m[4])
+        k1, k10, after = int(m[2]), int(m[4]), int(m[6])
         per = (k10 - idle) / 10000
-        print(f"{peer:<14}{idle/1024:>8.1f}{k1/1024:>10.1f}{k10/1024:>11.1f}{per:>10.1f}   (held {m[3]}, {m[5]} ok/errors)")
+        print(f"{peer:<14}{idle/1024:>8.1f}{k1/1024:>10.1f}{k10/1024:>11.1f}{per:>10.1f}{after/1024:>9.1f}   (held {m[3]}, {m[5]} ok/errors)")
 PY

@@ -1,6 +1,7 @@
 //! The per-request path: route → split → pool → upstream, and the one place errors become
 //! status codes.
 
+mod attempt;
 mod body;
 mod h1;
 mod headers;
@@ -20,10 +21,12 @@ pub use headers::{set_forwarded, strip_hop_by_hop};
 
 use crate::listener::{ClientBody, ConnMetrics, Peer};
 use crate::metrics::{Metrics, UpstreamErrorKind};
-use crate::outlier;
-use crate::pool::{Endpoint, InFlight};
+use crate::pool::Endpoint;
 use crate::snapshot::{App, Snapshot, Version};
-use crate::upstream::UpstreamError;
+use crate::upstream::{Lease, UpstreamError};
+use attempt::{Attempts, Exchange, Sent};
+use hyper::body::Incoming;
+use std::future::Future;
 
 /// Why Weir answered a request itself.
 #[derive(Debug, thiserror::Error)]
@@ -110,7 +113,7 @@ impl Proxy {
         let snap = self.snapshot.load_full();
         let authority = req.uri().authority().map(|a| a.as_str());
         let host = authority.or_else(|| req.headers().get(header::HOST).and_then(|h| h.to_str().ok()));
-        let (app, version, mut endpoint) = match self.pick(&snap, host) {
+        let (app, version, endpoint) = match self.pick(&snap, host) {
             Ok(picked) => picked,
             Err(e) => return error_response(&e),
         };
@@ -134,69 +137,18 @@ impl Proxy {
         // Only a request without a body can be sent again here (a streamed body is gone once
         // sent); it keeps its head for that.
         let replayable = body.is_end_stream();
-        let mut attempts = Attempts::new(app, replayable, parts.method.is_idempotent());
-        let mut head = Some(parts);
-        let mut body = Some(body);
-        loop {
-            endpoint.requests.inc();
-            let in_flight = InFlight::start(&endpoint.state);
-            // Origin form: the request line carries the path, `Host` the client's authority.
-            let uri = Uri::from(path.clone());
-            let req = if attempts.left > 0 {
-                let h = head.as_ref().expect("head is kept while attempts are left");
-                let mut req = Request::new(Either::Right(Empty::new()));
-                *req.method_mut() = h.method.clone();
-                *req.uri_mut() = uri;
-                *req.headers_mut() = h.headers.clone();
-                req
-            } else {
-                let mut h = head.take().expect("the last attempt takes the head");
-                h.uri = uri;
-                h.version = http::Version::HTTP_11;
-                let body = match body.take() {
-                    Some(b) if !replayable => Either::Left(b),
-                    _ => Either::Right(Empty::new()),
-                };
-                Request::from_parts(h, body)
-            };
-            match endpoint.client.send(req).await {
-                Ok((resp, lease)) => {
-                    let (mut parts, body) = resp.into_parts();
-                    let check = match crate::http1::check_response(parts.status, &mut parts.headers) {
-                        Ok(check) => check,
-                        Err(why) => {
-                            // The connection is not reused (the lease drops unreleased).
-                            drop((lease, in_flight));
-                            let e = UpstreamError {
-                                kind: UpstreamErrorKind::Protocol,
-                                message: format!("invalid response: {why}"),
-                                stale: false,
-                            };
-                            match attempts.after_failure(app, version, endpoint, &e) {
-                                Some(next) => {
-                                    endpoint = next;
-                                    continue;
-                                }
-                                None => return failed(version, e, start),
-                            }
-                        }
-                    };
-                    answered(app, version, endpoint, parts.status, start);
-                    strip_hop_by_hop(&mut parts.headers);
-                    if check.until_close {
-                        parts.headers.insert(header::CONNECTION, header::HeaderValue::from_static("close"));
-                    }
-                    let lease = if check.reusable { lease } else { lease.no_reuse() };
-                    return Response::from_parts(parts, ResponseBody::upstream(body, lease, in_flight));
+        let attempts = Attempts::new(app, replayable, parts.method.is_idempotent());
+        let mut exchange = HyperExchange { path, head: Some(parts), body: Some(body), replayable };
+        match attempt::drive(app, version, endpoint, attempts, &mut exchange, start).await {
+            Ok(Sent { answer: (mut parts, body, lease, check), in_flight, .. }) => {
+                strip_hop_by_hop(&mut parts.headers);
+                if check.until_close {
+                    parts.headers.insert(header::CONNECTION, header::HeaderValue::from_static("close"));
                 }
-                Err(e) => {
-                    drop(in_flight);
-                    match attempts.after_failure(app, version, endpoint, &e) {
-                        Some(next) => endpoint = next,
-                        None => return failed(version, e, start),
-                    }
-                }
+                let lease = if check.reusable { lease } else { lease.no_reuse() };
+                Response::from_parts(parts, ResponseBody::upstream(body, lease, in_flight))
             }
+            Err(resp) => resp,
         }
     }
 
@@ -223,90 +175,53 @@ impl Proxy {
     }
 }
 
-/// Counts a response whose head came from `endpoint`: its status, the time to it, and a 5xx
-/// against the endpoint where the app counts those.
-fn answered(app: &App, version: &Version, endpoint: &Endpoint, status: StatusCode, start: Instant) {
-    if status.is_server_error() && app.outlier.count_5xx {
-        outlier::on_failure(app, version, endpoint);
-    }
-    version.metrics.count_status(status);
-    version.metrics.latency.observe(start.elapsed().as_secs_f64());
+/// The general path's attempt: hyper's client, the head kept for the attempts that may follow.
+struct HyperExchange {
+    /// Origin form: the request line carries the path, `Host` the client's authority.
+    path: PathAndQuery,
+    head: Option<http::request::Parts>,
+    body: Option<ClientBody>,
+    replayable: bool,
 }
 
-/// The response to a request whose last attempt failed with `e`, counted.
-fn failed(version: &Version, e: UpstreamError, start: Instant) -> Response<ResponseBody> {
-    let resp = error_response(&ProxyError::Upstream(e));
-    version.metrics.count_status(resp.status());
-    version.metrics.latency.observe(start.elapsed().as_secs_f64());
-    resp
-}
+impl Exchange for HyperExchange {
+    type Answer = (http::response::Parts, Incoming, Lease, crate::http1::ResponseCheck);
 
-/// The retries one request has left, and what decides them.
-struct Attempts {
-    /// Further attempts allowed (0 for a request whose body cannot be sent again).
-    left: u32,
-    idempotent: bool,
-    /// Whether the one retry after a stale connection was used.
-    stale_retried: bool,
-}
-
-impl Attempts {
-    fn new(app: &App, replayable: bool, idempotent: bool) -> Self {
-        Attempts { left: if replayable { app.retry.attempts } else { 0 }, idempotent, stale_retried: false }
-    }
-
-    /// Counts an attempt's failure on `endpoint` and picks where the request goes next: the
-    /// same endpoint, another one, or nowhere (`None`: answer with the error).
-    fn after_failure<'a>(
-        &mut self,
-        app: &'a App,
-        version: &'a Version,
-        endpoint: &'a Endpoint,
-        e: &UpstreamError,
-    ) -> Option<&'a Endpoint> {
-        // A kept-alive connection closed under the request by the upstream: the same
-        // endpoint gets it again, once, on a fresh connection. Only requests safe to repeat,
-        // as the upstream may have read it.
-        if e.stale && self.idempotent && self.left > 0 && !self.stale_retried {
-            tracing::debug!(app = %app.name, endpoint = %endpoint.name, "stale upstream connection: {}", e.message);
-            self.stale_retried = true;
-            return Some(endpoint);
-        }
-        version.metrics.count_error(e.kind);
-        if e.kind == UpstreamErrorKind::Client {
-            tracing::info!(app = %app.name, endpoint = %endpoint.name, "{}", e.message);
-            return None;
-        }
-        outlier::on_failure(app, version, endpoint);
-        // Nothing reached the upstream after a connect error; after a reset it may have, so
-        // only idempotent requests go again.
-        let safe = match e.kind {
-            UpstreamErrorKind::Connect => true,
-            UpstreamErrorKind::Protocol => self.idempotent,
-            UpstreamErrorKind::Timeout | UpstreamErrorKind::NoEndpoint | UpstreamErrorKind::Client => false,
+    fn send<'s>(
+        &'s mut self,
+        endpoint: &'s Endpoint,
+        last: bool,
+    ) -> impl Future<Output = Result<Self::Answer, UpstreamError>> + Send + 's {
+        let uri = Uri::from(self.path.clone());
+        let req = if !last {
+            let h = self.head.as_ref().expect("the head is kept while attempts are left");
+            let mut req = Request::new(Either::Right(Empty::new()));
+            *req.method_mut() = h.method.clone();
+            *req.uri_mut() = uri;
+            *req.headers_mut() = h.headers.clone();
+            req
+        } else {
+            let mut h = self.head.take().expect("the last attempt takes the head");
+            h.uri = uri;
+            h.version = http::Version::HTTP_11;
+            let body = match self.body.take() {
+                Some(b) if !self.replayable => Either::Left(b),
+                _ => Either::Right(Empty::new()),
+            };
+            Request::from_parts(h, body)
         };
-        let next = (self.left > 0 && safe)
-            .then(|| version.pool.pick_other(endpoint.addr))
-            .flatten()
-            .filter(|_| app.upstream.budget.try_retry(app.retry.budget_percent, app.retry.budget_min));
-        match next {
-            Some(next) => {
-                tracing::debug!(
-                    app = %app.name, version = %version.name, from = %endpoint.name, to = %next.name,
-                    kind = e.kind.as_str(), "retrying on another endpoint: {}", e.message
-                );
-                version.metrics.retries.inc();
-                self.left -= 1;
-                Some(next)
-            }
-            None => {
-                tracing::warn!(
-                    app = %app.name, version = %version.name, endpoint = %endpoint.name,
-                    kind = e.kind.as_str(), "upstream error: {}", e.message
-                );
-                None
-            }
+        async move {
+            let (resp, lease) = endpoint.client.send(req).await?;
+            let (mut parts, body) = resp.into_parts();
+            // Refused: the connection is not reused (the lease drops unreleased).
+            let check = crate::http1::check_response(parts.status, &mut parts.headers)
+                .map_err(|why| UpstreamError::protocol(format!("invalid response: {why}")))?;
+            Ok((parts, body, lease, check))
         }
+    }
+
+    fn status(answer: &Self::Answer) -> StatusCode {
+        answer.0.status
     }
 }
 

@@ -1,5 +1,6 @@
-//! The pooled keep-alive HTTP client to an app's endpoints, and how its failures are classified.
+//! The pooled keep-alive HTTP client to an app's endpoints (failures are classified in `upstream/error.rs`).
 
+mod error;
 mod idle;
 
 use std::net::SocketAddr;
@@ -19,6 +20,7 @@ use tokio::net::TcpStream;
 use crate::config::TimeoutConfig;
 use crate::metrics::UpstreamErrorKind;
 use crate::pool::clock_ms;
+pub use error::UpstreamError;
 use idle::IdleList;
 
 /// Body of a request sent upstream: the client's streamed body, or nothing (for requests that
@@ -151,19 +153,6 @@ impl RetryBudget {
     }
 }
 
-/// Why an upstream exchange failed before response headers arrived.
-#[derive(Debug, thiserror::Error)]
-#[error("{kind:?}: {message}")]
-pub struct UpstreamError {
-    /// Classification, for the status code and metrics.
-    pub kind: UpstreamErrorKind,
-    /// The underlying error's text, for the log line.
-    pub message: String,
-    /// The request went out on a kept-alive connection that the upstream had closed (its idle
-    /// timeout racing Weir's): no fault of the endpoint, and worth one more try there.
-    pub stale: bool,
-}
-
 impl HttpClient {
     /// A client for the endpoint at `addr`, with no connection yet.
     pub fn new(addr: SocketAddr, timeouts: &TimeoutConfig) -> Self {
@@ -207,11 +196,10 @@ impl HttpClient {
     ) -> Result<T, UpstreamError> {
         match tokio::time::timeout(self.timeouts.request, exchange).await {
             Ok(result) => result,
-            Err(_) => Err(UpstreamError {
-                kind: UpstreamErrorKind::Timeout,
-                message: format!("no response headers within {:?}", self.timeouts.request),
-                stale: false,
-            }),
+            Err(_) => Err(UpstreamError::new(
+                UpstreamErrorKind::Timeout,
+                format!("no response headers within {:?}", self.timeouts.request),
+            )),
         }
     }
 
@@ -237,7 +225,7 @@ impl HttpClient {
                     // timeout): nothing was sent, so the request goes on another connection.
                     Some(unsent) if reused => req = unsent,
                     _ => {
-                        let mut err = classify(&e.into_error());
+                        let mut err = UpstreamError::from_hyper(e.into_error());
                         if reused && err.kind == UpstreamErrorKind::Protocol {
                             // The connections idle longer than this one are as stale: close
                             // them, so the next try opens a fresh one.
@@ -262,20 +250,12 @@ impl Connections {
         let addr = self.addr;
         let stream = match tokio::time::timeout(self.timeouts.connect, TcpStream::connect(addr)).await {
             Ok(Ok(stream)) => stream,
-            Ok(Err(e)) => {
-                let kind = if e.kind() == std::io::ErrorKind::TimedOut {
-                    UpstreamErrorKind::Timeout
-                } else {
-                    UpstreamErrorKind::Connect
-                };
-                return Err(UpstreamError { kind, message: format!("connect to {addr}: {e}"), stale: false });
-            }
+            Ok(Err(e)) => return Err(UpstreamError::connect(addr, e)),
             Err(_) => {
-                return Err(UpstreamError {
-                    kind: UpstreamErrorKind::Timeout,
-                    message: format!("connect to {addr}: no answer within {:?}", self.timeouts.connect),
-                    stale: false,
-                });
+                return Err(UpstreamError::new(
+                    UpstreamErrorKind::Timeout,
+                    format!("connect to {addr}: no answer within {:?}", self.timeouts.connect),
+                ));
             }
         };
         let _ = stream.set_nodelay(true);
@@ -296,7 +276,7 @@ impl Connections {
             .max_buf_size(64 * 1024)
             .handshake(TokioIo::new(stream))
             .await
-            .map_err(|e| classify(&e))?;
+            .map_err(UpstreamError::from_hyper)?;
         tokio::spawn(async move {
             if let Err(e) = conn.await {
                 tracing::debug!(%addr, "upstream connection ended: {e}");
@@ -330,27 +310,6 @@ fn spawn_sweeper(conns: Weak<Connections>, idle: Duration) {
 }
 
 /// Sorts a connection error into timeout / protocol, with its full cause chain as text.
-fn classify(err: &hyper::Error) -> UpstreamError {
-    let mut message = err.to_string();
-    let mut timed_out = err.is_timeout();
-    // The client's body broke the exchange (bad chunked coding, a stall): not the endpoint's
-    // doing.
-    if let Some(client) = crate::listener::ClientBodyError::in_chain(err) {
-        return UpstreamError { kind: UpstreamErrorKind::Client, message: client.to_string(), stale: false };
-    }
-    let mut source = std::error::Error::source(err);
-    while let Some(s) = source {
-        message.push_str(": ");
-        message.push_str(&s.to_string());
-        if s.downcast_ref::<std::io::Error>().is_some_and(|io| io.kind() == std::io::ErrorKind::TimedOut) {
-            timed_out = true;
-        }
-        source = s.source();
-    }
-    let kind = if timed_out { UpstreamErrorKind::Timeout } else { UpstreamErrorKind::Protocol };
-    UpstreamError { kind, message, stale: false }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -27,10 +27,10 @@ use http::{Response, StatusCode};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio_util::sync::CancellationToken;
 
-use super::{Attempts, Proxy, ResponseBody, answered, failed};
+use super::attempt::{self, Attempts, Exchange, Sent};
+use super::{Proxy, ResponseBody};
 use crate::listener::{ClientIo, Forward, Forwarded, HeadTimeout, Limits, PARK_AFTER, Peer};
-use crate::metrics::UpstreamErrorKind;
-use crate::pool::{Endpoint, InFlight};
+use crate::pool::Endpoint;
 use crate::snapshot::{App, Snapshot, Version};
 use crate::upstream::{HttpClient, RawConn, UpstreamError};
 use response::Framing;
@@ -261,35 +261,50 @@ impl Proxy {
         cancel: &CancellationToken,
         start: Instant,
     ) -> Result<bool, BoxError> {
-        let Route { app, version, mut endpoint, close, idempotent, head } = route;
+        let Route { app, version, endpoint, close, idempotent, head } = route;
         let close = close || cancel.is_cancelled();
-        let mut attempts = Attempts::new(app, true, idempotent);
-        loop {
-            endpoint.requests.inc();
-            let in_flight = InFlight::start(&endpoint.state);
-            let sent = attempt(&endpoint.client, &bufs.req, &mut bufs.up, &mut bufs.resp, head, close);
-            match endpoint.client.within_request_timeout(sent).await {
-                Ok((conn, len, resp)) => {
-                    let status = StatusCode::from_u16(resp.status).unwrap_or(StatusCode::BAD_GATEWAY);
-                    answered(app, version, endpoint, status, start);
-                    bufs.up.advance(len);
-                    forward_body(client, conn, resp, bufs, endpoint.client.timeouts.request).await?;
-                    drop(in_flight);
-                    return Ok(!resp.close);
-                }
-                Err(e) => {
-                    drop(in_flight);
-                    match attempts.after_failure(app, version, endpoint, &e) {
-                        Some(next) => endpoint = next,
-                        None => {
-                            encode_local(&failed(version, e, start), close, head, &mut bufs.resp);
-                            client.write_all(&bufs.resp).await?;
-                            return Ok(!close);
-                        }
-                    }
-                }
+        let attempts = Attempts::new(app, true, idempotent);
+        let mut raw = RawExchange { req: &bufs.req, up: &mut bufs.up, out: &mut bufs.resp, head, close };
+        match attempt::drive(app, version, endpoint, attempts, &mut raw, start).await {
+            Ok(Sent { answer: (conn, len, resp), endpoint, in_flight }) => {
+                bufs.up.advance(len);
+                forward_body(client, conn, resp, bufs, endpoint.client.timeouts.request).await?;
+                drop(in_flight);
+                Ok(!resp.close)
+            }
+            Err(failure) => {
+                encode_local(&failure, close, head, &mut bufs.resp);
+                client.write_all(&bufs.resp).await?;
+                Ok(!close)
             }
         }
+    }
+}
+
+/// The fast path's attempt: the request already written into one buffer, sent on a pooled raw
+/// socket, the response head read and rewritten.
+struct RawExchange<'b> {
+    req: &'b [u8],
+    up: &'b mut BytesMut,
+    out: &'b mut Vec<u8>,
+    head: bool,
+    close: bool,
+}
+
+impl Exchange for RawExchange<'_> {
+    type Answer = (RawConn, usize, response::Response);
+
+    fn send<'s>(
+        &'s mut self,
+        endpoint: &'s Endpoint,
+        _last: bool,
+    ) -> impl Future<Output = Result<Self::Answer, UpstreamError>> + Send + 's {
+        let sent = attempt(&endpoint.client, self.req, self.up, self.out, self.head, self.close);
+        endpoint.client.within_request_timeout(sent)
+    }
+
+    fn status(answer: &Self::Answer) -> StatusCode {
+        StatusCode::from_u16(answer.2.status).unwrap_or(StatusCode::BAD_GATEWAY)
     }
 }
 
@@ -309,20 +324,16 @@ async fn attempt(
     // A reused connection that fails before any byte of response came back was closed by
     // the upstream while idle: stale, not the endpoint's fault.
     let io_error = |conn: &RawConn, up: &BytesMut, doing: &str, e: std::io::Error| {
-        let kind = match e.kind() {
-            std::io::ErrorKind::TimedOut => UpstreamErrorKind::Timeout,
-            _ => UpstreamErrorKind::Protocol,
-        };
-        let stale = conn.reused && up.is_empty() && kind == UpstreamErrorKind::Protocol;
-        if stale {
+        let e = UpstreamError::io(doing, e, conn.reused && up.is_empty());
+        if e.stale {
             conn.stale();
         }
-        UpstreamError { kind, message: format!("{doing}: {e}"), stale }
+        e
     };
     if let Err(e) = conn.stream.write_all(req).await {
         return Err(io_error(&conn, up, "writing the request", e));
     }
-    let protocol = |message: String| UpstreamError { kind: UpstreamErrorKind::Protocol, message, stale: false };
+    let protocol = UpstreamError::protocol;
     let mut searched = 0;
     loop {
         if head::head_ended(up, searched) {
