@@ -1,13 +1,14 @@
 //! The per-request pure choices: a version from the split, an endpoint from a pool.
 //! `tests/no_alloc.rs` checks the same paths allocate nothing.
+#![forbid(unsafe_code)]
 
 use std::hint::black_box;
 use std::net::SocketAddr;
 
 use criterion::{BenchmarkId, Criterion, criterion_group, criterion_main};
 use weir::config::Balance;
-use weir::pool::{Endpoint, EndpointState, Pool};
-use weir::split::Split;
+use weir::data::pool::{Endpoint, EndpointState, Pool};
+use weir::data::split::Split;
 
 fn pool(n: usize, balance: Balance) -> Pool {
     let endpoints = (0..n)

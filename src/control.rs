@@ -5,19 +5,24 @@
 //! builds the next [`Snapshot`] and stores it before it replies. That ordering is the atomicity
 //! promise of the admin API: a 2xx means the new split is already what every new request loads.
 
+pub mod admin;
+pub mod build;
+pub mod discovery;
+pub mod revision;
+
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
-use arc_swap::ArcSwap;
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 
 use crate::config::{self, Config, Problem, validate_weights};
-use crate::discovery::{Discovered, PoolKey};
-use crate::health::Health;
+use crate::control::discovery::{Discovered, PoolKey};
+use crate::control::revision::{Cause, History, Revision};
+use crate::data::health::Health;
+use crate::data::snapshot::{Routes, Snapshot, SplitState, Writer};
 use crate::metrics::Metrics;
-use crate::revision::{Cause, History, Revision};
-use crate::snapshot::{self, DiscoveredPools, Snapshot, SplitState};
+use build::DiscoveredPools;
 
 /// A requested change of one app's split.
 #[derive(Debug, Clone)]
@@ -129,7 +134,8 @@ pub struct Control {
     config: Config,
     config_path: Option<std::path::PathBuf>,
     histories: BTreeMap<String, History>,
-    snapshot: Arc<ArcSwap<Snapshot>>,
+    /// The one writer of the routing state.
+    snapshot: Writer,
     metrics: Metrics,
     health: Option<Health>,
     discovered: DiscoveredPools,
@@ -145,11 +151,7 @@ impl Control {
             .collect();
         let mut control = Control {
             histories,
-            snapshot: Arc::new(ArcSwap::from_pointee(Snapshot {
-                generation: 0,
-                apps: Box::new([]),
-                listeners: Box::new([]),
-            })),
+            snapshot: Writer::new(Snapshot { generation: 0, apps: Box::new([]), listeners: Box::new([]) }),
             metrics,
             config,
             config_path: None,
@@ -170,7 +172,7 @@ impl Control {
     /// fired after its first result, so start-up can wait for the first verdicts.
     pub fn start_health(&mut self, cancel: CancellationToken) -> Vec<oneshot::Receiver<()>> {
         let mut health = Health::new(cancel);
-        let started = health.sync(&self.snapshot.load());
+        let started = health.sync(&self.snapshot.load_full());
         self.health = Some(health);
         started
     }
@@ -255,9 +257,9 @@ impl Control {
         Ok(Reloaded { revisions, new_revisions })
     }
 
-    /// The shared snapshot handle the data plane reads.
-    pub fn snapshot(&self) -> Arc<ArcSwap<Snapshot>> {
-        Arc::clone(&self.snapshot)
+    /// A read-only handle on the routing state, for the data plane and the admin API.
+    pub fn routes(&self) -> Routes {
+        self.snapshot.routes()
     }
 
     /// Kept revisions of `app`, oldest first.
@@ -327,7 +329,7 @@ impl Control {
             })
             .collect();
         let prev = self.snapshot.load_full();
-        let next = Arc::new(snapshot::build(
+        let next = Arc::new(build::build(
             &self.config,
             &splits,
             &self.discovered,

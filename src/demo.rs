@@ -8,8 +8,8 @@ use http::{Response, StatusCode, header};
 use tokio_util::sync::CancellationToken;
 
 use crate::config::Config;
-use crate::listener;
-use crate::proxy::ResponseBody;
+use crate::data::listener;
+use crate::data::proxy::ResponseBody;
 
 /// The config `weir demo` runs (`config/demo.toml`).
 pub const DEMO_CONFIG: &str = include_str!("../config/demo.toml");
@@ -28,7 +28,7 @@ pub async fn spawn_backend(
     let bound = socket.local_addr()?;
     let hello = bytes::Bytes::from(format!("Host: {name}, Version: {version}\n"));
     let hits = Arc::new(std::sync::atomic::AtomicU64::new(0));
-    let handler = move |req: http::Request<crate::listener::ClientBody>, _client| {
+    let handler = move |req: http::Request<crate::data::listener::ClientBody>, _client| {
         let body = match req.uri().path() {
             "/live" | "/ready" => bytes::Bytes::from_static(b"ok\n"),
             "/__weir/hits" => format!("{}\n", hits.load(std::sync::atomic::Ordering::Relaxed)).into(),

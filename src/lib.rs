@@ -1,29 +1,20 @@
 //! Weir: an L7 reverse proxy that splits HTTP traffic between versions of an application.
 //!
-//! Data plane: [`listener`] → [`proxy`] → [`snapshot`] routing → [`split`] → [`pool`] →
-//! [`upstream`]. Control plane: [`admin`] (and later reloads, discovery, rollouts) → [`control`],
-//! the one writer, which builds and stores the next [`snapshot::Snapshot`]. The two meet only in
-//! an `ArcSwap`.
+//! Two planes that meet in one place. The [`data`] plane serves requests: listener → HTTP/1
+//! framing rules → proxy → split → pool → upstream, reading the routing state through a
+//! read-only [`data::snapshot::Routes`]. The [`control`] plane changes that state: admin
+//! commands, reloads and discovery events go to one task, which builds the next snapshot
+//! ([`control::build`]) and stores it with the one [`data::snapshot::Writer`]. [`config`] (the
+//! schema) and [`metrics`] are shared by both; [`server`] wires them together.
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
-pub mod admin;
 pub mod config;
 pub mod control;
+pub mod data;
 pub mod demo;
-pub mod discovery;
-pub mod health;
-pub mod http1;
-pub mod listener;
 pub mod metrics;
-pub mod outlier;
-pub mod pool;
-pub mod proxy;
-pub mod revision;
 pub mod server;
-pub mod snapshot;
-pub mod split;
-pub mod upstream;
 
 pub use config::Config;
 pub use server::{Running, start};

@@ -1,4 +1,5 @@
 //! The `weir` command line.
+#![forbid(unsafe_code)]
 
 use std::net::SocketAddr;
 use std::path::PathBuf;

@@ -237,12 +237,12 @@ impl Metrics {
     }
 
     /// Handles for one traffic listener's connections.
-    pub fn listener(&self, name: &str) -> crate::listener::ConnMetrics {
+    pub fn listener(&self, name: &str) -> crate::data::listener::ConnMetrics {
         let error = |reason: &str| self.client_errors.with_label_values(&[name, reason]);
-        crate::listener::ConnMetrics {
+        crate::data::listener::ConnMetrics {
             open: self.client_connections.with_label_values(&[name]),
             limit_reached: self.connection_limit.with_label_values(&[name]),
-            errors: crate::listener::ClientErrors {
+            errors: crate::data::listener::ClientErrors {
                 bad_request: error("bad_request"),
                 header_timeout: error("header_timeout"),
                 body_timeout: error("body_timeout"),

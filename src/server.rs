@@ -5,19 +5,18 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
-use arc_swap::ArcSwap;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::admin::Admin;
 use crate::config::Config;
+use crate::control::admin::Admin;
+use crate::control::discovery::{PoolKey, SyncState};
 use crate::control::{self, Control, ControlHandle};
-use crate::discovery::{PoolKey, SyncState};
-use crate::health;
-use crate::listener;
+use crate::data::health;
+use crate::data::listener;
+use crate::data::proxy::Proxy;
+use crate::data::snapshot::Routes;
 use crate::metrics::Metrics;
-use crate::proxy::Proxy;
-use crate::snapshot::Snapshot;
 
 /// Errors of starting.
 #[derive(Debug, thiserror::Error)]
@@ -47,7 +46,7 @@ pub struct Running {
     /// Sends changes to the control task.
     pub control: ControlHandle,
     /// The routing state the data plane reads.
-    pub snapshot: Arc<ArcSwap<Snapshot>>,
+    pub snapshot: Routes,
     /// The metrics registry.
     pub metrics: Metrics,
     /// Whether every discovered pool has synced.
@@ -74,7 +73,7 @@ pub async fn start_with(config: Config, path: Option<std::path::PathBuf>) -> Res
     let grace = config.runtime.shutdown_grace;
     let metrics = Metrics::new();
     let mut control = Control::new(config.clone(), metrics.clone()).with_config_path(path);
-    let snapshot = control.snapshot();
+    let snapshot = control.routes();
     // One token per phase, so shutdown can stop traffic, admin and control in that order.
     let (traffic_cancel, admin_cancel, control_cancel) =
         (CancellationToken::new(), CancellationToken::new(), CancellationToken::new());
@@ -105,8 +104,7 @@ pub async fn start_with(config: Config, path: Option<std::path::PathBuf>) -> Res
     let sync = Arc::new(SyncState::new(pools.keys().cloned()));
     start_discovery(&config, pools, &control, &sync, &metrics, &control_cancel).await?;
     let admin_addr = admin_socket.local_addr().expect("bound socket has an address");
-    let admin =
-        Admin::new(Arc::clone(&snapshot), control.clone(), metrics.clone(), Arc::clone(&ready), Arc::clone(&sync));
+    let admin = Admin::new(snapshot.clone(), control.clone(), metrics.clone(), Arc::clone(&ready), Arc::clone(&sync));
     let admin_handler = move |req, client| admin.clone().handle(req, client);
     let admin_task = tokio::spawn(listener::serve(admin_socket, admin_handler, admin_cancel.clone(), grace));
 
@@ -124,7 +122,7 @@ pub async fn start_with(config: Config, path: Option<std::path::PathBuf>) -> Res
             limits: listener::Limits::of(&listener_config),
             metrics: metrics.listener(&listener_name),
         };
-        let proxy = Proxy::new(Arc::clone(&snapshot), &metrics, index, &conns.metrics, listener_config.fast_path);
+        let proxy = Proxy::new(snapshot.clone(), &metrics, index, &conns.metrics, listener_config.fast_path);
         // Weir's codec reads and checks every HTTP/1 head; it forwards the requests without a
         // body or with a small one itself, and hands the rest to hyper one at a time.
         let forward = Some(proxy.clone());
@@ -148,13 +146,20 @@ pub async fn start_with(config: Config, path: Option<std::path::PathBuf>) -> Res
         open.cancel();
     } else {
         tracing::info!("waiting for Kubernetes discovery to list every pool before serving");
-        let (sync, ready, snapshot) = (Arc::clone(&sync), Arc::clone(&ready), Arc::clone(&snapshot));
+        let (sync, ready, snapshot) = (Arc::clone(&sync), Arc::clone(&ready), snapshot.clone());
         let limit = probe_timeouts(&config) + std::time::Duration::from_millis(250);
+        let stop = traffic_cancel.clone();
         tokio::spawn(async move {
-            sync.wait().await;
-            // Endpoints discovered just now are probed at once; as for static ones at start,
-            // let their first verdicts in before the first requests.
-            first_probes(&snapshot, limit).await;
+            let synced = async {
+                sync.wait().await;
+                // Endpoints discovered just now are probed at once; as for static ones at
+                // start, let their first verdicts in before the first requests.
+                first_probes(&snapshot, limit).await;
+            };
+            tokio::select! {
+                () = synced => {}
+                () = stop.cancelled() => return,
+            }
             tracing::info!("discovery synced; serving");
             ready.store(true, Ordering::Release);
             open.cancel();
@@ -218,11 +223,12 @@ async fn start_discovery(
     }
     #[cfg(feature = "kubernetes")]
     {
-        let client =
-            crate::discovery::kube::client(&config.kubernetes).await.map_err(|e| Error::Discovery(e.to_string()))?;
+        let client = crate::control::discovery::kube::client(&config.kubernetes)
+            .await
+            .map_err(|e| Error::Discovery(e.to_string()))?;
         for (key, cfg) in pools {
             tracing::info!(app = %key.0, version = %key.1, source = ?cfg, "watching Kubernetes for endpoints");
-            tokio::spawn(crate::discovery::kube::watch(crate::discovery::kube::PoolWatch {
+            tokio::spawn(crate::control::discovery::kube::watch(crate::control::discovery::kube::PoolWatch {
                 client: client.clone(),
                 key,
                 cfg,
@@ -243,7 +249,7 @@ async fn start_discovery(
 
 /// Waits until every endpoint whose version is probed has had its first probe, at most `limit`.
 /// Start-up only: it polls the snapshot.
-async fn first_probes(snapshot: &ArcSwap<Snapshot>, limit: std::time::Duration) {
+async fn first_probes(snapshot: &Routes, limit: std::time::Duration) {
     let deadline = tokio::time::Instant::now() + limit;
     loop {
         let snap = snapshot.load();

@@ -7,8 +7,8 @@ use std::net::SocketAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
 use weir::config::Balance;
-use weir::pool::{Endpoint, EndpointState, Pool};
-use weir::split::Split;
+use weir::data::pool::{Endpoint, EndpointState, Pool};
+use weir::data::split::Split;
 
 struct Counting;
 

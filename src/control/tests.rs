@@ -19,7 +19,7 @@ fn req(change: Change) -> ChangeRequest {
 }
 
 fn weights(c: &Control) -> Vec<(String, u32)> {
-    let snap = c.snapshot().load_full();
+    let snap = c.routes().load_full();
     snap.app("web").unwrap().weights().map(|(v, w)| (v.to_string(), w)).collect()
 }
 
@@ -30,17 +30,17 @@ fn split(v1: i64, v2: i64) -> Change {
 #[test]
 fn change_is_stored_before_apply_returns() {
     let mut c = control();
-    let before = c.snapshot().load().generation;
+    let before = c.routes().load().generation;
     let out = c.apply(req(split(50, 50))).unwrap();
     assert_eq!(out, Outcome { revision: 2, changed: true });
-    assert_eq!(c.snapshot().load().generation, before + 1);
+    assert_eq!(c.routes().load().generation, before + 1);
     assert_eq!(weights(&c), [("v1".into(), 50), ("v2".into(), 50)]);
 }
 
 #[test]
 fn rejected_changes_leave_everything_as_it_was() {
     let mut c = control();
-    let generation = c.snapshot().load().generation;
+    let generation = c.routes().load().generation;
     let bad = [
         req(split(0, 0)),
         req(split(-1, 5)),
@@ -53,7 +53,7 @@ fn rejected_changes_leave_everything_as_it_was() {
     ];
     for r in bad {
         assert!(c.apply(r.clone()).is_err(), "{r:?} was accepted");
-        assert_eq!(c.snapshot().load().generation, generation);
+        assert_eq!(c.routes().load().generation, generation);
         assert_eq!(c.history("web").unwrap().len(), 1);
         assert_eq!(weights(&c), [("v1".into(), 90), ("v2".into(), 10)]);
     }

@@ -5,8 +5,8 @@
 use http::StatusCode;
 
 use super::head::{connection, field, is_hop_by_hop, is_x_forwarded, listed, number, values};
-use crate::http1::{self, tokens};
-use crate::proxy::headers::X_FORWARDED_FOR;
+use crate::data::http1::{self, tokens};
+use crate::data::proxy::headers::X_FORWARDED_FOR;
 
 /// The largest request body the fast path takes: read whole before the request goes
 /// upstream (as nginx buffers bodies up to `client_body_buffer_size`), so it can be sent

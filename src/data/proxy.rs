@@ -9,7 +9,6 @@ mod headers;
 use std::sync::Arc;
 use std::time::Instant;
 
-use arc_swap::ArcSwap;
 use http::uri::PathAndQuery;
 use http::{Request, Response, StatusCode, Uri, header};
 use http_body::Body as _;
@@ -19,11 +18,11 @@ use prometheus::IntCounter;
 pub use body::ResponseBody;
 pub use headers::{set_forwarded, strip_hop_by_hop};
 
-use crate::listener::{ClientBody, ConnMetrics, Peer};
+use crate::data::listener::{ClientBody, ConnMetrics, Peer};
+use crate::data::pool::Endpoint;
+use crate::data::snapshot::{App, Routes, Snapshot, Version};
+use crate::data::upstream::{Lease, UpstreamError};
 use crate::metrics::{Metrics, UpstreamErrorKind};
-use crate::pool::Endpoint;
-use crate::snapshot::{App, Snapshot, Version};
-use crate::upstream::{Lease, UpstreamError};
 use attempt::{Attempts, Exchange, Sent};
 use hyper::body::Incoming;
 use std::future::Future;
@@ -74,7 +73,7 @@ pub fn error_response(err: &ProxyError) -> Response<ResponseBody> {
 /// The proxy service of one listener. Cheap to clone.
 #[derive(Debug, Clone)]
 pub struct Proxy {
-    snapshot: Arc<ArcSwap<Snapshot>>,
+    snapshot: Routes,
     /// `weir_unrouted_requests_total`: all the proxy needs of the registry (the rest is
     /// pre-resolved in the snapshot), so a clone costs no reference counts beyond two.
     unrouted: IntCounter,
@@ -89,13 +88,7 @@ pub struct Proxy {
 impl Proxy {
     /// A proxy for the listener at index `listener` of the snapshot's listeners, counting in
     /// `conns` what its codec refuses; `fast` turns the HTTP/1.1 fast path on.
-    pub fn new(
-        snapshot: Arc<ArcSwap<Snapshot>>,
-        metrics: &Metrics,
-        listener: usize,
-        conns: &ConnMetrics,
-        fast: bool,
-    ) -> Self {
+    pub fn new(snapshot: Routes, metrics: &Metrics, listener: usize, conns: &ConnMetrics, fast: bool) -> Self {
         Proxy {
             snapshot,
             unrouted: metrics.unrouted.clone(),
@@ -185,7 +178,7 @@ struct HyperExchange {
 }
 
 impl Exchange for HyperExchange {
-    type Answer = (http::response::Parts, Incoming, Lease, crate::http1::ResponseCheck);
+    type Answer = (http::response::Parts, Incoming, Lease, crate::data::http1::ResponseCheck);
 
     fn send<'s>(
         &'s mut self,
@@ -214,7 +207,7 @@ impl Exchange for HyperExchange {
             let (resp, lease) = endpoint.client.send(req).await?;
             let (mut parts, body) = resp.into_parts();
             // Refused: the connection is not reused (the lease drops unreleased).
-            let check = crate::http1::check_response(parts.status, &mut parts.headers)
+            let check = crate::data::http1::check_response(parts.status, &mut parts.headers)
                 .map_err(|why| UpstreamError::protocol(format!("invalid response: {why}")))?;
             Ok((parts, body, lease, check))
         }

@@ -10,11 +10,11 @@ use std::time::Instant;
 use http::{Response, StatusCode};
 
 use super::{ProxyError, ResponseBody, error_response};
+use crate::data::outlier;
+use crate::data::pool::{Endpoint, InFlight};
+use crate::data::snapshot::{App, Version};
+use crate::data::upstream::UpstreamError;
 use crate::metrics::UpstreamErrorKind;
-use crate::outlier;
-use crate::pool::{Endpoint, InFlight};
-use crate::snapshot::{App, Version};
-use crate::upstream::UpstreamError;
 
 /// How one attempt of a request is sent on a path.
 pub(super) trait Exchange {

@@ -3,7 +3,7 @@
 //! drops the upstream's `Content-Length` and `Transfer-Encoding`, and writes its own.
 
 use super::head::{connection, field, is_hop_by_hop, listed, number, values};
-use crate::http1 as fields;
+use crate::data::http1 as fields;
 
 /// How a response body is delimited (RFC 9112 §6.3).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -2,14 +2,14 @@
 
 use std::collections::BTreeMap;
 
-use crate::listener::ClientBody;
+use crate::data::listener::ClientBody;
 use http::{HeaderMap, Request, Response, StatusCode, header};
 use http_body_util::{BodyExt, Limited};
 use serde::Deserialize;
 use serde_json::json;
 
 use crate::control::{ControlError, ReloadError};
-use crate::proxy::ResponseBody;
+use crate::data::proxy::ResponseBody;
 
 /// Largest admin request body accepted, in bytes.
 pub const BODY_LIMIT: usize = 64 * 1024;

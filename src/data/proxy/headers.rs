@@ -23,7 +23,7 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
     // Only the rare request with `Connection: foo, bar` pays for collecting the names.
     if headers.contains_key(header::CONNECTION) {
         let values = headers.get_all(header::CONNECTION).iter().map(HeaderValue::as_bytes);
-        let extra: Vec<HeaderName> = crate::http1::tokens(values)
+        let extra: Vec<HeaderName> = crate::data::http1::tokens(values)
             .filter_map(|n| HeaderName::from_bytes(n).ok())
             .filter(|n| ![header::CONTENT_LENGTH, header::TRANSFER_ENCODING, header::HOST].contains(n))
             .collect();
@@ -45,7 +45,7 @@ pub(super) static X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forw
 /// send `:authority` instead, and HTTP/1.1 upstreams require `Host`).
 pub fn set_forwarded(headers: &mut HeaderMap, client_ip: &HeaderValue, proto: &'static str, authority: Option<&str>) {
     // Every field of the chain, in order (a client may send several), then the client.
-    let chain = crate::http1::tokens(headers.get_all(&X_FORWARDED_FOR).iter().map(HeaderValue::as_bytes));
+    let chain = crate::data::http1::tokens(headers.get_all(&X_FORWARDED_FOR).iter().map(HeaderValue::as_bytes));
     let xff = match chain.collect::<Vec<_>>() {
         prev if prev.is_empty() => Some(client_ip.clone()),
         prev => {

@@ -2,7 +2,7 @@
 //! the status code (in `proxy`), the metric label, whether the endpoint is blamed and whether
 //! the request may go again. The underlying error is kept as the source.
 
-use crate::listener::ClientBodyError;
+use crate::data::listener::ClientBodyError;
 use crate::metrics::UpstreamErrorKind;
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;

@@ -8,7 +8,7 @@ use hyper::client::conn::http1::SendRequest;
 use tokio::net::TcpStream;
 
 use super::RequestBody;
-use crate::pool::clock_ms;
+use crate::data::clock::clock_ms;
 
 /// A connection that can wait in an idle list.
 pub(super) trait Reusable {

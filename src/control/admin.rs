@@ -10,23 +10,22 @@ mod view;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
-use crate::listener::ClientBody;
-use arc_swap::ArcSwap;
+use crate::data::listener::ClientBody;
 use http::{Method, Request, Response, StatusCode, header};
 use serde_json::json;
 
+use crate::control::discovery::SyncState;
 use crate::control::{Change, ChangeRequest, ControlError, ControlHandle};
-use crate::discovery::SyncState;
+use crate::data::proxy::ResponseBody;
+use crate::data::snapshot::Routes;
 use crate::metrics::Metrics;
-use crate::proxy::ResponseBody;
-use crate::snapshot::Snapshot;
 
 pub use request::{ApiError, BODY_LIMIT};
 
 /// Everything the admin handlers need. Cheap to clone.
 #[derive(Debug, Clone)]
 pub struct Admin {
-    snapshot: Arc<ArcSwap<Snapshot>>,
+    snapshot: Routes,
     control: ControlHandle,
     metrics: Metrics,
     ready: Arc<AtomicBool>,
@@ -36,7 +35,7 @@ pub struct Admin {
 impl Admin {
     /// An admin API over the given state. `ready` backs `GET /ready`.
     pub fn new(
-        snapshot: Arc<ArcSwap<Snapshot>>,
+        snapshot: Routes,
         control: ControlHandle,
         metrics: Metrics,
         ready: Arc<AtomicBool>,
@@ -46,7 +45,11 @@ impl Admin {
     }
 
     /// Serves one admin request.
-    pub async fn handle(self, req: Request<ClientBody>, _client: crate::listener::Peer) -> Response<ResponseBody> {
+    pub async fn handle(
+        self,
+        req: Request<ClientBody>,
+        _client: crate::data::listener::Peer,
+    ) -> Response<ResponseBody> {
         let had_body = !http_body::Body::is_end_stream(req.body());
         match self.route(req).await {
             Ok(resp) => resp,

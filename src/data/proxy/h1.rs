@@ -29,10 +29,10 @@ use tokio_util::sync::CancellationToken;
 
 use super::attempt::{self, Attempts, Exchange, Sent};
 use super::{Proxy, ResponseBody};
-use crate::listener::{ClientIo, Forward, Forwarded, HeadTimeout, Limits, PARK_AFTER, Peer};
-use crate::pool::Endpoint;
-use crate::snapshot::{App, Snapshot, Version};
-use crate::upstream::{HttpClient, RawConn, UpstreamError};
+use crate::data::listener::{ClientIo, Forward, Forwarded, HeadTimeout, Limits, PARK_AFTER, Peer};
+use crate::data::pool::Endpoint;
+use crate::data::snapshot::{App, Snapshot, Version};
+use crate::data::upstream::{HttpClient, RawConn, UpstreamError};
 use response::Framing;
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;

@@ -6,9 +6,9 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU32, AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Mutex, OnceLock};
-use std::time::{Instant, SystemTime};
+use std::time::SystemTime;
 
 use crate::config::Balance;
 
@@ -28,7 +28,7 @@ pub struct EndpointState {
     down: AtomicU8,
     /// Requests sent to this endpoint whose response has not finished.
     in_flight: AtomicU32,
-    /// Passive failures in the current window, and when (ms on [`clock_ms`]) it started.
+    /// Passive failures in the current window, and when (ms on [`clock_ms`](super::clock::clock_ms)) it started.
     failures: AtomicU32,
     window_start_ms: AtomicU64,
     /// How many times passive checks ejected it; the ejection time grows with it.
@@ -46,12 +46,6 @@ pub struct HealthRecord {
     pub last_probe: Option<(SystemTime, bool, String)>,
     /// When the endpoint last went healthy or unhealthy, and why.
     pub last_change: Option<(SystemTime, String)>,
-}
-
-/// Milliseconds on a process-wide monotonic clock (only read on failure paths).
-pub fn clock_ms() -> u64 {
-    static START: OnceLock<Instant> = OnceLock::new();
-    START.get_or_init(Instant::now).elapsed().as_millis() as u64
 }
 
 impl EndpointState {
@@ -195,7 +189,7 @@ pub struct Endpoint {
     /// `weir_endpoint_healthy`, set whenever health changes.
     pub healthy_gauge: prometheus::IntGauge,
     /// Its own pooled connections.
-    pub client: crate::upstream::HttpClient,
+    pub client: crate::data::upstream::HttpClient,
 }
 
 impl Endpoint {
@@ -208,7 +202,7 @@ impl Endpoint {
             state: Arc::new(state),
             requests: prometheus::IntCounter::new("detached_requests", "-").expect("valid metric"),
             healthy_gauge: prometheus::IntGauge::new("detached_healthy", "-").expect("valid metric"),
-            client: crate::upstream::HttpClient::new(addr, &Default::default()),
+            client: crate::data::upstream::HttpClient::new(addr, &Default::default()),
         }
     }
 

@@ -12,14 +12,14 @@ use bytes::Bytes;
 use http_body_util::{Either, Empty};
 use hyper::body::Incoming;
 
-use crate::listener::ClientBody;
+use crate::data::listener::ClientBody;
 use hyper::client::conn::http1::{self, SendRequest};
 use hyper_util::rt::TokioIo;
 use tokio::net::TcpStream;
 
 use crate::config::TimeoutConfig;
+use crate::data::clock::clock_ms;
 use crate::metrics::UpstreamErrorKind;
-use crate::pool::clock_ms;
 pub use error::UpstreamError;
 use idle::IdleList;
 

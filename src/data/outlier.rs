@@ -6,8 +6,9 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::pool::{Endpoint, clock_ms};
-use crate::snapshot::{App, Version};
+use crate::data::clock::clock_ms;
+use crate::data::pool::Endpoint;
+use crate::data::snapshot::{App, Version};
 
 /// Counts a failure of `endpoint`; ejects it when it reached the app's limit, unless that
 /// would eject more of the version than `max_ejected_percent` (one endpoint always may go).

@@ -5,7 +5,7 @@
 use httparse::Header;
 
 use super::super::headers::{HOP_BY_HOP, X_FORWARDED_FOR, X_FORWARDED_HOST, X_FORWARDED_PROTO};
-use crate::http1::{self as fields, Connection};
+use crate::data::http1::{self as fields, Connection};
 
 /// Whether `name` is a hop-by-hop field (the general path's list, `Transfer-Encoding`
 /// included: Weir writes the framing it derived).

@@ -2,8 +2,8 @@
 
 use serde_json::{Value, json};
 
-use crate::discovery::SyncState;
-use crate::snapshot::App;
+use crate::control::discovery::SyncState;
+use crate::data::snapshot::App;
 
 /// An app: revision, weights, and each version's endpoints with their health and load.
 pub fn app(app: &App, sync: &SyncState) -> Value {

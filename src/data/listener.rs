@@ -1,7 +1,7 @@
 //! Accepting client connections, with a limit, and serving HTTP/1.1 and h2c on them with
 //! deadlines everywhere and a graceful drain.
 //!
-//! An HTTP/1.1 connection is driven by [`h1`]: a [`Forward`] codec (Weir's own, the proxy's
+//! An HTTP/1.1 connection is driven by `listener/h1.rs`: a [`Forward`] codec (Weir's own, the proxy's
 //! fast path) reads and checks every request head first; a request it leaves to hyper is
 //! served by a hyper connection for that one request only, and the socket comes back once
 //! that message ended where its framing said. A quiet connection is *parked*: the socket and

@@ -20,7 +20,7 @@ const GOLDEN: u64 = 0x9E37_79B9_7F4A_7C15;
 /// The weights of one app's versions, ready for per-request choice.
 ///
 /// ```
-/// use weir::split::Split;
+/// use weir::data::split::Split;
 ///
 /// let split = Split::new(&[90, 10]); // v1, v2
 /// let v2 = (0..100).filter(|_| split.pick() == 1).count();

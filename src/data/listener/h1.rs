@@ -17,8 +17,8 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use super::{BoxError, ClientBody, ClientIo, Connections, Forward, Forwarded, Handler, HeadTimeout, PARK_AFTER, Peer};
-use crate::http1::{self, Connection};
-use crate::listener::ConnMetrics;
+use crate::data::http1::{self, Connection};
+use crate::data::listener::ConnMetrics;
 
 /// Serves HTTP/1 on `io` until the client leaves, asks to close, idles past the keep-alive
 /// timeout, or `cancel` fires.

@@ -19,8 +19,8 @@ use tokio::sync::oneshot;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::ProbeConfig;
-use crate::pool::{Endpoint, EndpointState};
-use crate::snapshot::Snapshot;
+use crate::data::pool::{Endpoint, EndpointState};
+use crate::data::snapshot::Snapshot;
 
 type ProbeClient = Client<HttpConnector, Empty<Bytes>>;
 

@@ -7,8 +7,8 @@ use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
 
-use crate::pool::InFlight;
-use crate::upstream::Lease;
+use crate::data::pool::InFlight;
+use crate::data::upstream::Lease;
 
 /// A response body: an upstream's, streamed, or a short local one.
 #[derive(Debug)]

@@ -1,0 +1,132 @@
+//! Building the next routing snapshot: a plain function of (config, current splits,
+//! discovered endpoints, previous snapshot) with no I/O, unit-tested with hand-built inputs
+//! (as kube-runtime's `apply_watcher_event`). It carries over what must outlive a rebuild —
+//! endpoint health/load atomics and upstream connection pools — from the previous snapshot.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use crate::config::{AppConfig, Config, VersionDown};
+use crate::control::discovery::{Discovered, PoolKey};
+use crate::data::pool::{Endpoint, EndpointState, Pool};
+use crate::data::snapshot::{App, ListenerRoutes, Snapshot, SplitState, Version};
+use crate::data::split::Split;
+use crate::data::upstream::HttpClient;
+use crate::metrics::Metrics;
+
+/// Discovered endpoints per (app, version), for versions that use discovery.
+pub type DiscoveredPools = BTreeMap<PoolKey, Vec<Discovered>>;
+
+/// Builds the next snapshot. `splits` holds the current split of every app in `config`;
+/// `discovered` the endpoints of versions that use discovery (none yet: an empty pool).
+pub fn build(
+    config: &Config,
+    splits: &BTreeMap<String, SplitState>,
+    discovered: &DiscoveredPools,
+    prev: Option<&Snapshot>,
+    metrics: &Metrics,
+    generation: u64,
+) -> Snapshot {
+    let apps: Box<[App]> = config
+        .apps
+        .iter()
+        .map(|(name, app)| {
+            let prev_app = prev.and_then(|p| p.app(name));
+            build_app(name, app, &splits[name], discovered, prev_app, metrics)
+        })
+        .collect();
+    let listeners = config
+        .listeners
+        .keys()
+        .map(|listener| {
+            let mut routes = ListenerRoutes { name: listener.clone(), ..Default::default() };
+            for (i, (_, app)) in config.apps.iter().enumerate().filter(|(_, (_, a))| &a.listener == listener) {
+                if app.hosts.is_empty() {
+                    routes.default = Some(i);
+                }
+                for h in &app.hosts {
+                    routes.by_host.insert(h.to_ascii_lowercase().into(), i);
+                }
+            }
+            routes
+        })
+        .collect();
+    Snapshot { generation, apps, listeners }
+}
+
+fn build_app(
+    name: &str,
+    app: &AppConfig,
+    split: &SplitState,
+    discovered: &DiscoveredPools,
+    prev: Option<&App>,
+    metrics: &Metrics,
+) -> App {
+    let versions: Box<[Version]> = app
+        .versions
+        .iter()
+        .map(|(vname, v)| {
+            let prev_pool = prev.and_then(|p| p.versions.iter().find(|pv| &*pv.name == vname));
+            let probe = app.probe_for(vname).cloned();
+            // Static and discovered endpoints take one path: (name, address, ready).
+            let listed: Vec<(String, std::net::SocketAddr, bool)> = match &v.discovery {
+                None => v.endpoints.iter().map(|e| (e.display_name(), e.addr, true)).collect(),
+                Some(_) => discovered
+                    .get(&(name.to_string(), vname.clone()))
+                    .map(|d| d.iter().map(|e| (e.name.clone(), e.addr, e.ready)).collect())
+                    .unwrap_or_default(),
+            };
+            let endpoints = listed
+                .into_iter()
+                .map(|(ep_name, addr, ready)| {
+                    // Same address in the same version: the same endpoint, keep its state
+                    // and its warm connections (unless the timeouts changed).
+                    let prev_ep = prev_pool.and_then(|p| p.pool.endpoints().iter().find(|e| e.addr == addr));
+                    // New endpoints wait for their first passing probe, if probed.
+                    let state = prev_ep
+                        .map(|e| Arc::clone(&e.state))
+                        .unwrap_or_else(|| Arc::new(EndpointState::new(probe.is_some())));
+                    state.set_ready(ready);
+                    let client = prev_ep
+                        .filter(|e| e.client.timeouts == app.timeouts)
+                        .map(|e| e.client.clone())
+                        .unwrap_or_else(|| HttpClient::new(addr, &app.timeouts));
+                    let healthy_gauge = metrics.endpoint_healthy(name, vname, &ep_name);
+                    healthy_gauge.set(i64::from(state.is_healthy()));
+                    Endpoint {
+                        requests: metrics.endpoint(name, vname, &ep_name),
+                        healthy_gauge,
+                        client,
+                        name: ep_name.into(),
+                        addr,
+                        state,
+                    }
+                })
+                .collect();
+            Version {
+                name: vname.as_str().into(),
+                weight: split.weights.get(vname).copied().unwrap_or(0),
+                pool: Pool::new(endpoints, app.balance),
+                metrics: metrics.version(name, vname),
+                probe,
+                discovery: v.discovery.clone(),
+            }
+        })
+        .collect();
+    let weights: Vec<u32> = versions.iter().map(|v| v.weight).collect();
+    // The retry budget outlives rebuilds, so a split change does not refill it.
+    let upstream = prev.map(|p| p.upstream.clone()).unwrap_or_default();
+    App {
+        name: name.into(),
+        revision: split.revision,
+        split: Split::new(&weights),
+        versions,
+        upstream,
+        outlier: app.outlier.clone(),
+        retry: app.retry.clone(),
+        spill: app.on_version_down == VersionDown::Spill,
+    }
+}
+
+#[cfg(test)]
+mod tests;
