@@ -85,14 +85,28 @@ pub struct RequestFraming<'v> {
 /// request is HTTP/1.1; `absolute`: its target carries the authority.
 pub fn check_request<'v>(
     http11: bool,
-    absolute: bool,
+    line: RequestLine<'_>,
     fields: impl Iterator<Item = (&'v [u8], &'v [u8])>,
 ) -> Result<RequestFraming<'v>, (StatusCode, &'static str)> {
     let bad = |why| Err((StatusCode::BAD_REQUEST, why));
+    // A reverse proxy opens no tunnels: CONNECT would turn the connection into one whose
+    // bytes the next hop reads as it likes (nginx refuses it too).
+    if line.method.eq_ignore_ascii_case(b"CONNECT") {
+        return Err((StatusCode::METHOD_NOT_ALLOWED, "CONNECT (Weir is not a forward proxy)"));
+    }
+    let absolute = line.authority();
+    if absolute.is_some_and(|a| a.contains(&b'@')) {
+        return bad("userinfo in the target");
+    }
     let (mut length, mut chunked, mut host, mut hosts) = (None, false, None, 0);
     let mut connection_values: [Option<&[u8]>; 4] = [None; 4];
     let mut connections = 0;
     for (name, value) in fields {
+        // `Content_Length` and the like: some upstreams (CGI, WSGI) read `_` as `-`, so they
+        // would see framing Weir did not (nginx drops such fields by default).
+        if name.contains(&b'_') && framing_alias(name) {
+            return bad("a field name that reads as Content-Length or Transfer-Encoding with _ for -");
+        }
         if name.eq_ignore_ascii_case(b"host") {
             hosts += 1;
             host = Some(value);
@@ -130,12 +144,13 @@ pub fn check_request<'v>(
         return bad("more than one Host");
     }
     // An absolute-form target names the host itself (RFC 9112 §3.2.2; nginx takes it too).
-    if hosts == 0 && http11 && !absolute {
+    if hosts == 0 && http11 && absolute.is_none() {
         return bad("no Host in an HTTP/1.1 request");
     }
+    // uri-host [ ":" port ] (RFC 9112 §3.2): no userinfo.
     let host = match host.map(std::str::from_utf8) {
         None => None,
-        Some(Ok(h)) if h.is_empty() || http::uri::Authority::try_from(h).is_ok() => Some(h),
+        Some(Ok(h)) if h.is_empty() || (!h.contains('@') && http::uri::Authority::try_from(h).is_ok()) => Some(h),
         Some(_) => return bad("invalid Host"),
     };
     let connection = Connection::parse(connection_values.into_iter().flatten());
@@ -145,11 +160,44 @@ pub fn check_request<'v>(
     Ok(RequestFraming { length, chunked, host, connection })
 }
 
+/// The request line, as far as the field rules need it.
+#[derive(Debug, Clone, Copy)]
+pub struct RequestLine<'l> {
+    /// The method.
+    pub method: &'l [u8],
+    /// The request target as sent.
+    pub target: &'l [u8],
+}
+
+impl<'l> RequestLine<'l> {
+    /// The authority of an absolute-form target (`http://authority/...`), if it is one.
+    pub fn authority(&self) -> Option<&'l [u8]> {
+        let t = self.target;
+        let rest = [&b"http://"[..], b"https://"]
+            .iter()
+            .find(|scheme| t.len() >= scheme.len() && t[..scheme.len()].eq_ignore_ascii_case(scheme))
+            .map(|scheme| &t[scheme.len()..])?;
+        let end = rest.iter().position(|&b| matches!(b, b'/' | b'?' | b'#')).unwrap_or(rest.len());
+        Some(&rest[..end])
+    }
+}
+
+/// Whether a field name with `_` in it reads as a framing field once `_` becomes `-`.
+fn framing_alias(name: &[u8]) -> bool {
+    [&b"content-length"[..], b"transfer-encoding"].iter().any(|f| {
+        f.len() == name.len()
+            && f.iter().zip(name).all(|(&a, &b)| a == b.to_ascii_lowercase() || (a == b'-' && b == b'_'))
+    })
+}
+
 /// [`check_request`] on a request hyper parsed.
 pub fn check_parsed<B>(req: &http::Request<B>) -> Result<(), (StatusCode, &'static str)> {
     let http11 = req.version() == http::Version::HTTP_11;
     let fields = req.headers().iter().map(|(n, v)| (n.as_str().as_bytes(), v.as_bytes()));
-    check_request(http11, req.uri().authority().is_some(), fields).map(|_| ())
+    // hyper parsed the target already; an absolute one is checked by its authority.
+    let target = req.uri().to_string();
+    let line = RequestLine { method: req.method().as_str().as_bytes(), target: target.as_bytes() };
+    check_request(http11, line, fields).map(|_| ())
 }
 
 /// What a response head hyper parsed from an upstream means for the two connections.
@@ -165,8 +213,13 @@ pub struct ResponseCheck {
 /// Checks a response head from an upstream, for the general path (Weir's codec applies the
 /// same rules in `proxy::h1::response`): two `Content-Length` fields, or a 101 to a request
 /// that did not ask to upgrade, are refused (502); `Content-Length` beside
-/// `Transfer-Encoding` is dropped and the upstream connection not reused (RFC 9112 §6.1).
-pub fn check_response(status: StatusCode, headers: &mut http::HeaderMap) -> Result<ResponseCheck, &'static str> {
+/// `Transfer-Encoding` is dropped and the upstream connection not reused (RFC 9112 §6.1), as
+/// after a bodiless response (`head`: the request was HEAD) that announced a body.
+pub fn check_response(
+    status: StatusCode,
+    headers: &mut http::HeaderMap,
+    head: bool,
+) -> Result<ResponseCheck, &'static str> {
     if status == StatusCode::SWITCHING_PROTOCOLS {
         return Err("101 Switching Protocols to a request that did not ask to upgrade");
     }
@@ -179,6 +232,14 @@ pub fn check_response(status: StatusCode, headers: &mut http::HeaderMap) -> Resu
     }
     let coded = headers.contains_key(http::header::TRANSFER_ENCODING);
     let mut check = ResponseCheck { reusable: true, until_close: false };
+    // A bodiless response (HEAD, 204, 304) that announced a body: should its bytes come
+    // anyway, late, they would be read as the next response on that connection.
+    let announced = coded
+        || headers.get(http::header::CONTENT_LENGTH).and_then(|v| content_length(v.as_bytes())).is_some_and(|n| n > 0);
+    if (head || status == StatusCode::NO_CONTENT || status == StatusCode::NOT_MODIFIED) && announced {
+        check.reusable = false;
+        return Ok(check);
+    }
     if coded {
         let codings = headers.get_all(http::header::TRANSFER_ENCODING).iter().map(http::HeaderValue::as_bytes);
         check.until_close = !tokens(codings).last().is_some_and(|c| c.eq_ignore_ascii_case(b"chunked"));
@@ -200,6 +261,29 @@ mod tests {
         for v in ["content-length", "close, Transfer-Encoding", "HOST"] {
             assert!(Connection::parse([v.as_bytes()].into_iter()).lists_framing, "{v}");
         }
+    }
+
+    fn check(method: &str, target: &str, fields: &[(&str, &str)]) -> Result<(), u16> {
+        let line = RequestLine { method: method.as_bytes(), target: target.as_bytes() };
+        let fields = fields.iter().map(|(n, v)| (n.as_bytes(), v.as_bytes()));
+        check_request(true, line, fields).map(|_| ()).map_err(|(status, _)| status.as_u16())
+    }
+
+    #[test]
+    fn request_line_rules() {
+        assert_eq!(check("GET", "/", &[("Host", "a")]), Ok(()));
+        assert_eq!(check("CONNECT", "a:443", &[("Host", "a:443")]), Err(405));
+        // Absolute-form only by its scheme: a query that contains "://" is not one.
+        assert_eq!(check("GET", "http://a/x", &[]), Ok(()));
+        assert_eq!(check("GET", "HTTPS://a", &[]), Ok(()));
+        assert_eq!(check("GET", "/login?next=http://x/", &[]), Err(400));
+        // No userinfo, in Host or in the target.
+        assert_eq!(check("GET", "/", &[("Host", "x@a")]), Err(400));
+        assert_eq!(check("GET", "http://u:p@a/", &[("Host", "a")]), Err(400));
+        // Framing fields spelled with `_`.
+        assert_eq!(check("POST", "/", &[("Host", "a"), ("Transfer_Encoding", "chunked")]), Err(400));
+        assert_eq!(check("POST", "/", &[("Host", "a"), ("content_length", "5")]), Err(400));
+        assert_eq!(check("GET", "/", &[("Host", "a"), ("X_Custom", "1")]), Ok(()));
     }
 
     #[test]

@@ -158,7 +158,7 @@ impl Peer {
 /// states that bound once for every function that passes a handler on.
 pub trait Handler: Send + Sync + 'static {
     /// The response body.
-    type Body: Body<Data = Bytes, Error: Into<BoxError>> + Send + 'static;
+    type Body: Body<Data = Bytes, Error: Into<BoxError>> + Send + Unpin + 'static;
     /// The response future.
     type Future: Future<Output = Response<Self::Body>> + Send + 'static;
     /// Handles one request.
@@ -169,7 +169,7 @@ impl<H, Fut, B> Handler for H
 where
     H: Fn(Request<ClientBody>, Peer) -> Fut + Send + Sync + 'static,
     Fut: Future<Output = Response<B>> + Send + 'static,
-    B: Body<Data = Bytes> + Send + 'static,
+    B: Body<Data = Bytes> + Send + Unpin + 'static,
     B::Error: Into<BoxError>,
 {
     type Body = B;

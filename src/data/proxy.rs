@@ -131,11 +131,23 @@ impl Proxy {
         // sent); it keeps its head for that.
         let replayable = body.is_end_stream();
         let attempts = Attempts::new(app, replayable, parts.method.is_idempotent());
-        let mut exchange = HyperExchange { path, head: Some(parts), body: Some(body), replayable };
+        let is_head = parts.method == http::Method::HEAD;
+        let mut exchange = HyperExchange { path, head: Some(parts), body: Some(body), replayable, is_head };
         match attempt::drive(app, version, endpoint, attempts, &mut exchange, start).await {
             Ok(Sent { answer: (mut parts, body, lease, check), in_flight, .. }) => {
+                // Weir's response is its own HTTP/1.1 message, whatever the upstream spoke.
+                parts.version = http::Version::HTTP_11;
+                let codings: Vec<_> = match check.until_close {
+                    true => parts.headers.get_all(header::TRANSFER_ENCODING).iter().cloned().collect(),
+                    false => Vec::new(),
+                };
                 strip_hop_by_hop(&mut parts.headers);
                 if check.until_close {
+                    // Codings other than chunked go on to the client (it decodes them); the
+                    // body ends when the connection does.
+                    for c in codings {
+                        parts.headers.append(header::TRANSFER_ENCODING, c);
+                    }
                     parts.headers.insert(header::CONNECTION, header::HeaderValue::from_static("close"));
                 }
                 let lease = if check.reusable { lease } else { lease.no_reuse() };
@@ -175,6 +187,8 @@ struct HyperExchange {
     head: Option<http::request::Parts>,
     body: Option<ClientBody>,
     replayable: bool,
+    /// A HEAD request: its response has no body, whatever its fields say.
+    is_head: bool,
 }
 
 impl Exchange for HyperExchange {
@@ -207,7 +221,7 @@ impl Exchange for HyperExchange {
             let (resp, lease) = endpoint.client.send(req).await?;
             let (mut parts, body) = resp.into_parts();
             // Refused: the connection is not reused (the lease drops unreleased).
-            let check = crate::data::http1::check_response(parts.status, &mut parts.headers)
+            let check = crate::data::http1::check_response(parts.status, &mut parts.headers, self.is_head)
                 .map_err(|why| UpstreamError::protocol(format!("invalid response: {why}")))?;
             Ok((parts, body, lease, check))
         }

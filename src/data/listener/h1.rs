@@ -116,6 +116,7 @@ async fn serve_one<H: Handler>(
             if refused.is_some() {
                 state.refused.store(true, Ordering::Relaxed);
             }
+            let http10 = req.version() == http::Version::HTTP_10;
             let req = req.map(|b| ClientBody::new(b, body_read, Some(Arc::clone(&state.complete))));
             let fut = refused.is_none().then(|| handler.call(req, peer.clone()));
             let state = Arc::clone(&state);
@@ -124,6 +125,9 @@ async fn serve_one<H: Handler>(
                     (Some(fut), _) => fut.await.map(Either::Left),
                     (None, refusal) => refusal.expect("refused when not handled"),
                 };
+                if response_closes(&resp, http10) {
+                    state.refused.store(true, Ordering::Relaxed);
+                }
                 state.answered.notify_one();
                 Ok::<_, Infallible>(resp)
             }
@@ -132,6 +136,8 @@ async fn serve_one<H: Handler>(
     let mut conn = hyper::server::conn::http1::Builder::new()
         .timer(TokioTimer::new())
         .header_read_timeout(conns.limits.header_read)
+        // A head hyper reads itself (pipelined) gets the codec's bound, not hyper's 400 KB.
+        .max_buf_size(HYPER_BUF)
         .serve_connection(TokioIo::new(io), service);
     let (mut stopping, mut draining) = (false, false);
     loop {
@@ -203,7 +209,12 @@ impl Default for Turn {
 /// Checks a request hyper parsed with the rules Weir's codec applies
 /// ([`http1::check_request`]); a refused one is answered here, with `Connection: close`.
 fn checked<B>(req: &Request<Incoming>, metrics: &ConnMetrics, peer: &Peer) -> Option<Response<Either<B, Full<Bytes>>>> {
-    let (status, why) = http1::check_parsed(req).err()?;
+    let head: usize = req.headers().iter().map(|(n, v)| n.as_str().len() + v.len() + 4).sum();
+    let (status, why) = if head > 64 * 1024 {
+        (http::StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE, "request head over 64 KiB")
+    } else {
+        http1::check_parsed(req).err()?
+    };
     metrics.errors.bad_request.inc();
     tracing::info!(client = %peer.addr, status = status.as_u16(), "refused a request: {why}");
     let mut resp = Response::new(Either::Right(Full::new(Bytes::from(format!("weir: {why}\n")))));
@@ -273,6 +284,7 @@ async fn serve_until_quiet<H: Handler>(
             if refused.is_some() {
                 activity.client_close.store(true, Ordering::Relaxed);
             }
+            let http10 = req.version() == http::Version::HTTP_10;
             let req = req.map(|b| ClientBody::new(b, body_read, Some(Arc::clone(&complete))));
             let fut = refused.is_none().then(|| handler.call(req, peer.clone()));
             let activity = Arc::clone(&activity);
@@ -281,6 +293,9 @@ async fn serve_until_quiet<H: Handler>(
                     (Some(fut), _) => fut.await.map(Either::Left),
                     (None, refusal) => refusal.expect("refused when not handled"),
                 };
+                if response_closes(&resp, http10) {
+                    activity.client_close.store(true, Ordering::Relaxed);
+                }
                 activity.answered.fetch_add(1, Ordering::Relaxed);
                 Ok::<_, Infallible>(resp)
             }
@@ -289,6 +304,7 @@ async fn serve_until_quiet<H: Handler>(
     let mut conn = hyper::server::conn::http1::Builder::new()
         .timer(TokioTimer::new())
         .header_read_timeout(limits.header_read)
+        .max_buf_size(HYPER_BUF)
         .serve_connection(TokioIo::new(io), service);
     let mut tick = tokio::time::interval_at(Instant::now() + PARK_AFTER, PARK_AFTER);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -332,6 +348,20 @@ async fn serve_until_quiet<H: Handler>(
         };
     }
     Ok(Some((io, activity.started.load(Ordering::Relaxed) > 0)))
+}
+
+/// hyper's read buffer bound: a 64 KiB head (the codec's limit) and a little slack.
+const HYPER_BUF: usize = 72 * 1024;
+
+/// Whether hyper ends this response by closing the connection (or was told to): it says
+/// `Connection: close`, or it goes to an HTTP/1.0 client with no length known in advance, so
+/// hyper delimits the body by closing. The connection must not be handed back then: hyper's
+/// close was only skipped because the socket is kept for the codec.
+fn response_closes<B: http_body::Body>(resp: &Response<B>, http10: bool) -> bool {
+    let headers = resp.headers();
+    let says_close = Connection::parse(headers.get_all(http::header::CONNECTION).iter().map(|v| v.as_bytes())).close;
+    let unframed = !headers.contains_key(http::header::CONTENT_LENGTH) && resp.body().size_hint().exact().is_none();
+    says_close || (http10 && unframed)
 }
 
 /// Whether a request asks for its connection to close after the response.

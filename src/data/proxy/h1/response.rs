@@ -68,9 +68,10 @@ pub fn encode(
     };
     let close = close || framing == Framing::UntilClose;
     // Reused only when the message said unambiguously where it ends: not with both framing
-    // fields (RFC 9112 §6.1: close after), and not a 204 that announced a body (its bytes
-    // may still arrive and would be read as the next response).
-    let ambiguous = (coded && length.is_some()) || (status == 204 && (coded || length.is_some_and(|n| n > 0)));
+    // fields (RFC 9112 §6.1: close after), and not a bodiless response (HEAD, 204, 304) that
+    // announced a body: should the upstream send it anyway, late, its bytes would be read as
+    // the next client's response. (Costs a new upstream connection after such a HEAD.)
+    let ambiguous = (coded && length.is_some()) || (bodiless && (coded || length.is_some_and(|n| n > 0)));
     let reusable = resp.version == Some(1) && !conn.close && framing != Framing::UntilClose && !ambiguous;
 
     out.clear();
@@ -151,6 +152,8 @@ mod tests {
         assert_eq!(r.framing, Framing::Empty);
         assert_eq!(out, "HTTP/1.1 200 OK\r\ncontent-length: 5\r\n\r\n");
         let (r, _) = response(b"HTTP/1.1 304 Not Modified\r\nContent-Length: 5\r\n\r\n", false, false).unwrap();
+        assert_eq!((r.framing, r.reusable), (Framing::Empty, false));
+        let (r, _) = response(b"HTTP/1.1 304 Not Modified\r\nETag: \"a\"\r\n\r\n", false, false).unwrap();
         assert_eq!((r.framing, r.reusable), (Framing::Empty, true));
         let (r, out) =
             response(b"HTTP/1.1 503 \r\nConnection: close, X-Debug\r\nX-Debug: 1\r\n\r\n", false, false).unwrap();
