@@ -10,8 +10,8 @@ use common::two_versions;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
-/// Longer than the listener's park delay (one quiet tick of 1 s, checked every second).
-const PARKED: Duration = Duration::from_millis(2_500);
+/// Longer than the listener's park delay (one to two quiet ticks of 250 ms).
+const PARKED: Duration = Duration::from_millis(1_000);
 
 /// A raw client socket; bytes read past one response (a pipelined one's) stay for the next.
 struct Raw {

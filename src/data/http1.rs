@@ -147,10 +147,9 @@ pub fn check_request<'v>(
     if hosts == 0 && http11 && absolute.is_none() {
         return bad("no Host in an HTTP/1.1 request");
     }
-    // uri-host [ ":" port ] (RFC 9112 §3.2): no userinfo.
-    let host = match host.map(std::str::from_utf8) {
+    let host = match host {
         None => None,
-        Some(Ok(h)) if h.is_empty() || (!h.contains('@') && http::uri::Authority::try_from(h).is_ok()) => Some(h),
+        Some(h) if valid_host(h) => Some(std::str::from_utf8(h).expect("valid_host admits ASCII only")),
         Some(_) => return bad("invalid Host"),
     };
     let connection = Connection::parse(connection_values.into_iter().flatten());
@@ -180,6 +179,34 @@ impl<'l> RequestLine<'l> {
         let end = rest.iter().position(|&b| matches!(b, b'/' | b'?' | b'#')).unwrap_or(rest.len());
         Some(&rest[..end])
     }
+}
+
+/// Whether a `Host` value is `uri-host [ ":" port ]` (RFC 9112 §3.2, RFC 3986 §3.2.2), or
+/// empty: a reg-name or IPv4 address (unreserved, pct-encoded, sub-delims) or an IP literal in
+/// brackets, then an optional port of digits. No userinfo. Checked on every request, so it
+/// allocates nothing.
+pub fn valid_host(h: &[u8]) -> bool {
+    let (host, port) = match h.first() {
+        Some(b'[') => match h.iter().position(|&b| b == b']') {
+            Some(end) => {
+                let literal = &h[1..end];
+                let ok =
+                    !literal.is_empty() && literal.iter().all(|&b| b.is_ascii_hexdigit() || b == b':' || b == b'.');
+                if !ok {
+                    return false;
+                }
+                (&h[..0], &h[end + 1..])
+            }
+            None => return false,
+        },
+        _ => match h.iter().rposition(|&b| b == b':') {
+            Some(colon) => (&h[..colon], &h[colon..]),
+            None => (h, &h[..0]),
+        },
+    };
+    let reg_name = |b: &u8| b.is_ascii_alphanumeric() || b"-._~%!$&'()*+,;=".contains(b);
+    let port_ok = port.is_empty() || (port[0] == b':' && port.len() <= 6 && port[1..].iter().all(u8::is_ascii_digit));
+    host.iter().all(reg_name) && port_ok
 }
 
 /// Whether a field name with `_` in it reads as a framing field once `_` becomes `-`.
@@ -267,6 +294,16 @@ mod tests {
         let line = RequestLine { method: method.as_bytes(), target: target.as_bytes() };
         let fields = fields.iter().map(|(n, v)| (n.as_bytes(), v.as_bytes()));
         check_request(true, line, fields).map(|_| ()).map_err(|(status, _)| status.as_u16())
+    }
+
+    #[test]
+    fn hosts() {
+        for ok in ["", "a", "app.local", "app.local:8080", "127.0.0.1:80", "[::1]", "[::1]:8080", "xn--bcher-kva.ch"] {
+            assert!(valid_host(ok.as_bytes()), "{ok}");
+        }
+        for bad in ["a b", "x@a", "a:8x", "[::1", "[zz]", "a/b", "a:123456", "[]:80", "a\0"] {
+            assert!(!valid_host(bad.as_bytes()), "{bad}");
+        }
     }
 
     #[test]

@@ -228,7 +228,7 @@ impl Forward for NoForward {
 /// Serves connections from `listener` until `cancel` fires, then stops accepting and lets open
 /// connections finish their in-flight requests for up to `grace` (idle keep-alive connections
 /// are closed at once, HTTP/2 gets GOAWAY). Default limits, no codec ahead of hyper.
-pub async fn serve<H: Handler + Clone>(listener: TcpListener, handler: H, cancel: CancellationToken, grace: Duration) {
+pub async fn serve<H: Handler>(listener: TcpListener, handler: H, cancel: CancellationToken, grace: Duration) {
     let conns = Connections { limits: Limits::default(), metrics: ConnMetrics::unregistered() };
     serve_with(listener, handler, None::<NoForward>, conns, cancel, grace).await;
 }
@@ -242,8 +242,16 @@ pub struct Connections {
     pub metrics: ConnMetrics,
 }
 
+/// What every connection of a listener shares, in one allocation: a connection holds one
+/// reference to it, not copies (a parked connection's task is what 10,000 idle clients cost).
+pub(crate) struct Shared<H, F> {
+    pub(crate) handler: H,
+    pub(crate) forward: Option<F>,
+    pub(crate) conns: Connections,
+}
+
 /// [`serve`], with `forward` reading each HTTP/1.1 request head before hyper does.
-pub async fn serve_with<H: Handler + Clone, F: Forward + Clone>(
+pub async fn serve_with<H: Handler, F: Forward>(
     listener: TcpListener,
     handler: H,
     forward: Option<F>,
@@ -254,15 +262,16 @@ pub async fn serve_with<H: Handler + Clone, F: Forward + Clone>(
     let connections = TaskTracker::new();
     let permits = Arc::new(Semaphore::new(conns.limits.max_connections));
     let addr = listener.local_addr().ok();
+    let shared = Arc::new(Shared { handler, forward, conns });
     loop {
         // At the limit, stop accepting: new clients wait in the kernel's backlog (as with
         // nginx's worker_connections) instead of being accepted and dropped.
         let permit = match Arc::clone(&permits).try_acquire_owned() {
             Ok(p) => p,
             Err(_) => {
-                conns.metrics.limit_reached.inc();
+                shared.conns.metrics.limit_reached.inc();
                 tracing::warn!(
-                    listener = ?addr, limit = conns.limits.max_connections,
+                    listener = ?addr, limit = shared.conns.limits.max_connections,
                     "connection limit reached: not accepting until a connection closes"
                 );
                 tokio::select! {
@@ -285,11 +294,11 @@ pub async fn serve_with<H: Handler + Clone, F: Forward + Clone>(
             },
         };
         let _ = stream.set_nodelay(true);
-        let (handler, forward, conns, cancel) = (handler.clone(), forward.clone(), conns.clone(), cancel.clone());
+        let (shared, cancel) = (Arc::clone(&shared), cancel.clone());
         connections.spawn(async move {
-            conns.metrics.open.inc();
-            serve_connection(stream, Peer::new(client), handler, forward, &conns, cancel).await;
-            conns.metrics.open.dec();
+            shared.conns.metrics.open.inc();
+            serve_connection(stream, Peer::new(client), &shared, cancel).await;
+            shared.conns.metrics.open.dec();
             drop(permit);
         });
     }
@@ -303,22 +312,22 @@ pub async fn serve_with<H: Handler + Clone, F: Forward + Clone>(
 async fn serve_connection<H: Handler, F: Forward>(
     stream: TcpStream,
     peer: Peer,
-    handler: H,
-    forward: Option<F>,
-    conns: &Connections,
+    shared: &Arc<Shared<H, F>>,
     cancel: CancellationToken,
 ) {
     let client = peer.addr;
-    let result = match first_bytes(&stream, &conns.limits, &cancel).await {
+    let conns = &shared.conns;
+    // Boxed: its timer and readiness futures are needed once, not in every parked task.
+    let result = match Box::pin(first_bytes(&stream, &conns.limits, &cancel)).await {
         Ok(None) => Ok(()),
         Ok(Some(first)) => {
             let h2 = first.starts_with(H2_PREFACE);
             let io = ClientIo::new(stream, first, conns.limits.send);
             if h2 {
                 // Boxed, like an active HTTP/1 cycle: the task of a parked connection stays small.
-                Box::pin(h2::serve(io, peer, handler, &conns.limits, cancel)).await
+                Box::pin(h2::serve(io, peer, Arc::clone(shared), cancel)).await
             } else {
-                h1::serve(io, peer, handler, forward, conns, cancel).await
+                h1::serve(io, peer, Arc::clone(shared), cancel).await
             }
         }
         Err(e) => Err(e),

@@ -16,7 +16,9 @@ use tokio::sync::Notify;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-use super::{BoxError, ClientBody, ClientIo, Connections, Forward, Forwarded, Handler, HeadTimeout, PARK_AFTER, Peer};
+use super::{
+    BoxError, ClientBody, ClientIo, Forward, Forwarded, Handler, HeadTimeout, Limits, PARK_AFTER, Peer, Shared,
+};
 use crate::data::http1::{self, Connection};
 use crate::data::listener::ConnMetrics;
 
@@ -25,34 +27,25 @@ use crate::data::listener::ConnMetrics;
 pub(super) async fn serve<H: Handler, F: Forward>(
     mut io: ClientIo,
     peer: Peer,
-    handler: H,
-    forward: Option<F>,
-    conns: &Connections,
+    shared: Arc<Shared<H, F>>,
     cancel: CancellationToken,
 ) -> Result<(), BoxError> {
-    let limits = &conns.limits;
-    let handler = Arc::new(handler);
+    let limits = &shared.conns.limits;
     // Without a codec ahead of hyper: when the bytes of a head still not whole were parked.
     let mut partial_since: Option<Instant> = None;
     loop {
-        if io.prefix.is_empty() {
-            // Parked: the socket, the peer and the handler are all this connection holds.
-            tokio::select! {
-                biased;
-                () = cancel.cancelled() => return Ok(()),
-                waited = tokio::time::timeout(limits.keepalive, io.stream.readable()) => match waited {
-                    Err(_) => return Ok(()), // idle too long
-                    Ok(ready) => ready?,
-                },
-            }
+        // Parked: the socket, the peer and a reference to the listener's handler are all this
+        // connection holds; the wait (a timer, readiness) is boxed for its duration.
+        if io.prefix.is_empty() && !Box::pin(parked(&io, limits, &cancel)).await? {
+            return Ok(());
         }
-        let Some(forward) = &forward else {
+        let Some(forward) = &shared.forward else {
             if partial_since.is_some_and(|t| t.elapsed() >= limits.header_read) {
                 return Err(HeadTimeout.into());
             }
             let before = io.prefix.len();
             // Boxed: hyper's connection lives only as long as the cycle, not in the parked task.
-            let cycle = Box::pin(serve_until_quiet(io, Arc::clone(&handler), peer.clone(), conns, &cancel));
+            let cycle = Box::pin(serve_until_quiet(io, Arc::clone(&shared), peer.clone(), &cancel));
             let Some((parked, served)) = cycle.await? else { return Ok(()) };
             io = parked;
             // A head left unfinished keeps its clock across parks until a request completes.
@@ -70,12 +63,25 @@ pub(super) async fn serve<H: Handler, F: Forward>(
             Forwarded::Close => return Box::pin(close(io)).await,
             Forwarded::Fallback => {}
         }
-        let one = Box::pin(serve_one(io, Arc::clone(&handler), peer.clone(), conns, &cancel));
+        let one = Box::pin(serve_one(io, Arc::clone(&shared), peer.clone(), &cancel));
         match one.await? {
             Handed::Back(back) => io = back,
             Handed::Close(io) => return Box::pin(close(io)).await,
             Handed::Gone => return Ok(()),
         }
+    }
+}
+
+/// Waits, parked, for the client's next bytes: `true` when they came, `false` when the
+/// connection should close (idle past the keep-alive timeout, or Weir stops).
+async fn parked(io: &ClientIo, limits: &Limits, cancel: &CancellationToken) -> Result<bool, BoxError> {
+    tokio::select! {
+        biased;
+        () = cancel.cancelled() => Ok(false),
+        waited = tokio::time::timeout(limits.keepalive, io.stream.readable()) => match waited {
+            Err(_) => Ok(false),
+            Ok(ready) => ready.map(|()| true).map_err(Into::into),
+        },
     }
 }
 
@@ -95,18 +101,18 @@ enum Handed {
 /// Should hyper read a pipelined head meanwhile, that request is checked by the same rules
 /// ([`checked`]). The connection is handed back only if the request body was read to its
 /// end: otherwise the rest of the body would be read as the next request.
-async fn serve_one<H: Handler>(
+async fn serve_one<H: Handler, F>(
     io: ClientIo,
-    handler: Arc<H>,
+    shared: Arc<Shared<H, F>>,
     peer: Peer,
-    conns: &Connections,
     cancel: &CancellationToken,
 ) -> Result<Handed, BoxError> {
+    let conns = &shared.conns;
     let keep_open = io.keep_open();
     keep_open.store(true, Ordering::Relaxed);
     let state = Arc::new(Turn::default());
     let service = {
-        let (state, metrics) = (Arc::clone(&state), conns.metrics.clone());
+        let (state, metrics, shared) = (Arc::clone(&state), conns.metrics.clone(), Arc::clone(&shared));
         let body_read = conns.limits.body_read;
         hyper::service::service_fn(move |req: Request<Incoming>| {
             state.started.fetch_add(1, Ordering::Relaxed);
@@ -118,7 +124,7 @@ async fn serve_one<H: Handler>(
             }
             let http10 = req.version() == http::Version::HTTP_10;
             let req = req.map(|b| ClientBody::new(b, body_read, Some(Arc::clone(&state.complete))));
-            let fut = refused.is_none().then(|| handler.call(req, peer.clone()));
+            let fut = refused.is_none().then(|| shared.handler.call(req, peer.clone()));
             let state = Arc::clone(&state);
             async move {
                 let resp = match (fut, refused) {
@@ -262,19 +268,20 @@ struct Activity {
 /// the connection goes quiet (returns the socket to park, and whether any request was served)
 /// or ends (`None`). The connection also closes, rather than parks, when a request body was
 /// not read to its end.
-async fn serve_until_quiet<H: Handler>(
+async fn serve_until_quiet<H: Handler, F>(
     io: ClientIo,
-    handler: Arc<H>,
+    shared: Arc<Shared<H, F>>,
     peer: Peer,
-    conns: &Connections,
     cancel: &CancellationToken,
 ) -> Result<Option<(ClientIo, bool)>, BoxError> {
+    let conns = &shared.conns;
     let limits = &conns.limits;
     let keep_open = io.keep_open();
     let activity = Arc::new(Activity::default());
     let complete = Arc::new(AtomicBool::new(true));
     let service = {
         let (activity, complete, metrics) = (Arc::clone(&activity), Arc::clone(&complete), conns.metrics.clone());
+        let shared = Arc::clone(&shared);
         let body_read = limits.body_read;
         hyper::service::service_fn(move |req: Request<Incoming>| {
             activity.started.fetch_add(1, Ordering::Relaxed);
@@ -286,7 +293,7 @@ async fn serve_until_quiet<H: Handler>(
             }
             let http10 = req.version() == http::Version::HTTP_10;
             let req = req.map(|b| ClientBody::new(b, body_read, Some(Arc::clone(&complete))));
-            let fut = refused.is_none().then(|| handler.call(req, peer.clone()));
+            let fut = refused.is_none().then(|| shared.handler.call(req, peer.clone()));
             let activity = Arc::clone(&activity);
             async move {
                 let resp = match (fut, refused) {

@@ -20,7 +20,7 @@ use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-use super::{BoxError, ClientBody, ClientIo, Handler, Limits, Peer};
+use super::{BoxError, ClientBody, ClientIo, Handler, Peer, Shared};
 use crate::data::clock::clock_ms;
 
 /// Streams a client may have open at once on one connection.
@@ -28,21 +28,21 @@ const MAX_STREAMS: u32 = 128;
 
 /// Serves HTTP/2 on `io` until the client leaves, the connection has had no stream for the
 /// keep-alive timeout, or `cancel` fires (GOAWAY, then in-flight streams finish).
-pub(super) async fn serve<H: Handler>(
+pub(super) async fn serve<H: Handler, F>(
     io: ClientIo,
     peer: Peer,
-    handler: H,
-    limits: &Limits,
+    shared: Arc<Shared<H, F>>,
     cancel: CancellationToken,
 ) -> Result<(), BoxError> {
+    let limits = &shared.conns.limits;
     let streams = Arc::new(AtomicU64::new(0));
     let watch = Arc::new(StallWatch::default());
     let body_read = limits.body_read;
     let service = {
-        let (streams, watch) = (Arc::clone(&streams), Arc::clone(&watch));
+        let (streams, watch, shared) = (Arc::clone(&streams), Arc::clone(&watch), Arc::clone(&shared));
         hyper::service::service_fn(move |req: Request<Incoming>| {
             streams.fetch_add(1, Ordering::Relaxed);
-            let fut = handler.call(req.map(|b| ClientBody::new(b, body_read, None)), peer.clone());
+            let fut = shared.handler.call(req.map(|b| ClientBody::new(b, body_read, None)), peer.clone());
             let watch = Arc::clone(&watch);
             async move { Ok::<_, Infallible>(fut.await.map(|body| Watched::new(body, &watch))) }
         })
