@@ -243,13 +243,14 @@ if [ "$HOLD" = 1 ]; then
       $WRK_CPU python3 "$ROOT/benches/hold.py" "$n" 127.0.0.1 "$port" >"$WORK/hold.out" 2>&1 &
       hold=$!
       for _ in $(seq 1 600); do grep -q holding "$WORK/hold.out" 2>/dev/null && break; sleep 0.1; done
-      sleep 0.5
+      # Idle, not busy: give every proxy time to park, free and purge (the same for all).
+      sleep 3
       line="$line\t$(rss_kb "$pid")\t$(awk '{print $2"/"$4}' "$WORK/hold.out")"
       kill "$hold" 2>/dev/null || true; wait "$hold" 2>/dev/null || true
       sleep 1
     done
     # After the 10,000 closed: does the memory go back?
-    sleep 2
+    sleep 4
     line="$line\t$(rss_kb "$pid")"
     echo -e "$line" >>"$MEM"
   done
