@@ -118,20 +118,14 @@ async fn serve_one<H: Handler, F>(
             state.started.fetch_add(1, Ordering::Relaxed);
             state.client_close.store(wants_close(&req), Ordering::Relaxed);
             state.complete.store(false, Ordering::Relaxed);
-            let refused = checked(&req, &metrics, &peer);
-            if refused.is_some() {
+            let (refused, answer) = dispatch(&shared, req, &peer, &metrics, body_read, &state.complete);
+            if refused {
                 state.refused.store(true, Ordering::Relaxed);
             }
-            let http10 = req.version() == http::Version::HTTP_10;
-            let req = req.map(|b| ClientBody::new(b, body_read, Some(Arc::clone(&state.complete))));
-            let fut = refused.is_none().then(|| shared.handler.call(req, peer.clone()));
             let state = Arc::clone(&state);
             async move {
-                let resp = match (fut, refused) {
-                    (Some(fut), _) => fut.await.map(Either::Left),
-                    (None, refusal) => refusal.expect("refused when not handled"),
-                };
-                if response_closes(&resp, http10) {
+                let (resp, closes) = answer.await;
+                if closes {
                     state.refused.store(true, Ordering::Relaxed);
                 }
                 state.answered.notify_one();
@@ -212,6 +206,37 @@ impl Default for Turn {
     }
 }
 
+/// The response hyper sends on a turn: the handler's, or a refusal.
+type Turned<B> = Response<Either<B, Full<Bytes>>>;
+
+/// A request as hyper hands it over, to either path of hyper's: checked by the codec's rules
+/// ([`checked`]) and answered here if refused, otherwise handed to the handler with a
+/// [`ClientBody`] that sets `complete` once read to its end. Returns whether it was refused,
+/// and the response with whether hyper will end it by closing ([`response_closes`]).
+fn dispatch<H: Handler, F>(
+    shared: &Shared<H, F>,
+    req: Request<Incoming>,
+    peer: &Peer,
+    metrics: &ConnMetrics,
+    body_read: std::time::Duration,
+    complete: &Arc<AtomicBool>,
+) -> (bool, impl Future<Output = (Turned<H::Body>, bool)> + Send + use<H, F>) {
+    let refused = checked(&req, metrics, peer);
+    let http10 = req.version() == http::Version::HTTP_10;
+    let req = req.map(|b| ClientBody::new(b, body_read, Some(Arc::clone(complete))));
+    let handled = refused.is_none().then(|| shared.handler.call(req, peer.clone()));
+    let was_refused = refused.is_some();
+    let answer = async move {
+        let resp = match (handled, refused) {
+            (Some(fut), _) => fut.await.map(Either::Left),
+            (None, refusal) => refusal.expect("refused when not handled"),
+        };
+        let closes = response_closes(&resp, http10);
+        (resp, closes)
+    };
+    (was_refused, answer)
+}
+
 /// Checks a request hyper parsed with the rules Weir's codec applies
 /// ([`http1::check_request`]); a refused one is answered here, with `Connection: close`.
 fn checked<B>(req: &Request<Incoming>, metrics: &ConnMetrics, peer: &Peer) -> Option<Response<Either<B, Full<Bytes>>>> {
@@ -287,20 +312,14 @@ async fn serve_until_quiet<H: Handler, F>(
             activity.started.fetch_add(1, Ordering::Relaxed);
             activity.client_close.store(wants_close(&req), Ordering::Relaxed);
             complete.store(false, Ordering::Relaxed);
-            let refused = checked(&req, &metrics, &peer);
-            if refused.is_some() {
+            let (refused, answer) = dispatch(&shared, req, &peer, &metrics, body_read, &complete);
+            if refused {
                 activity.client_close.store(true, Ordering::Relaxed);
             }
-            let http10 = req.version() == http::Version::HTTP_10;
-            let req = req.map(|b| ClientBody::new(b, body_read, Some(Arc::clone(&complete))));
-            let fut = refused.is_none().then(|| shared.handler.call(req, peer.clone()));
             let activity = Arc::clone(&activity);
             async move {
-                let resp = match (fut, refused) {
-                    (Some(fut), _) => fut.await.map(Either::Left),
-                    (None, refusal) => refusal.expect("refused when not handled"),
-                };
-                if response_closes(&resp, http10) {
+                let (resp, closes) = answer.await;
+                if closes {
                     activity.client_close.store(true, Ordering::Relaxed);
                 }
                 activity.answered.fetch_add(1, Ordering::Relaxed);
