@@ -14,7 +14,9 @@ mod common;
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use common::recorder::{Checks, Exchange, Path, RawConn, Recorded, Recorder, exchange, list, weir_config_with};
+use common::recorder::{
+    Checks, Exchange, Path, RawConn, Recorded, Recorder, both_paths, exchange, list, weir_config_with,
+};
 use tokio::io::AsyncWriteExt;
 
 const NEXT: &str = "GET /next HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n";
@@ -129,27 +131,6 @@ fn chunk(data: &str) -> String {
 /// No `/smuggled` target anywhere upstream.
 fn no_smuggled(seen: &[Recorded]) -> bool {
     !seen.iter().any(|r| r.target.contains("smuggled"))
-}
-
-macro_rules! both_paths {
-    ($($case:ident),* $(,)?) => {
-        mod fast {
-            $(
-                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-                async fn $case() {
-                    super::$case(super::Path::Fast).await
-                }
-            )*
-        }
-        mod general {
-            $(
-                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-                async fn $case() {
-                    super::$case(super::Path::General).await
-                }
-            )*
-        }
-    };
 }
 
 both_paths!(

@@ -11,7 +11,7 @@ mod common;
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use common::recorder::{Checks, End, Path, RawConn, Recorded, Recorder, Resp, Script, list, weir_config};
+use common::recorder::{Checks, End, Path, RawConn, Recorded, Recorder, Resp, Script, both_paths, list, weir_config};
 
 /// A response the client must never see: a second response hidden after a first one.
 const FAKE: &str = "HTTP/1.1 200 OK\r\nContent-Length: 9\r\n\r\nsmuggled!";
@@ -183,27 +183,6 @@ fn body_hello(r: &Result<Resp, End>) -> Result<(), String> {
         Ok(r) if r.status == 200 && r.body == b"hello" => Ok(()),
         other => Err(format!("want 200 with body \"hello\", got {}", show(other))),
     }
-}
-
-macro_rules! both_paths {
-    ($($case:ident),* $(,)?) => {
-        mod fast {
-            $(
-                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-                async fn $case() {
-                    super::$case(super::Path::Fast).await
-                }
-            )*
-        }
-        mod general {
-            $(
-                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-                async fn $case() {
-                    super::$case(super::Path::General).await
-                }
-            )*
-        }
-    };
 }
 
 both_paths!(

@@ -27,6 +27,11 @@ pub struct Connection {
 }
 
 impl Connection {
+    /// The `Connection` fields of a parsed head.
+    pub fn of(headers: &http::HeaderMap) -> Self {
+        Self::parse(headers.get_all(http::header::CONNECTION).iter().map(http::HeaderValue::as_bytes))
+    }
+
     /// Parses every `Connection` field value of a head.
     pub fn parse<'v>(values: impl Iterator<Item = &'v [u8]>) -> Self {
         let mut c = Connection::default();
@@ -94,7 +99,7 @@ pub fn check_request<'v>(
     if line.method.eq_ignore_ascii_case(b"CONNECT") {
         return Err((StatusCode::METHOD_NOT_ALLOWED, "CONNECT (Weir is not a forward proxy)"));
     }
-    let absolute = line.authority();
+    let absolute = line.authority;
     if absolute.is_some_and(|a| a.contains(&b'@')) {
         return bad("userinfo in the target");
     }
@@ -164,20 +169,22 @@ pub fn check_request<'v>(
 pub struct RequestLine<'l> {
     /// The method.
     pub method: &'l [u8],
-    /// The request target as sent.
-    pub target: &'l [u8],
+    /// The authority of an absolute-form target (`http://authority/...`), if it is one.
+    pub authority: Option<&'l [u8]>,
 }
 
 impl<'l> RequestLine<'l> {
-    /// The authority of an absolute-form target (`http://authority/...`), if it is one.
-    pub fn authority(&self) -> Option<&'l [u8]> {
-        let t = self.target;
-        let rest = [&b"http://"[..], b"https://"]
+    /// The line of a request with `target` as sent: absolute-form only by its scheme.
+    pub fn new(method: &'l [u8], target: &'l [u8]) -> Self {
+        let t = target;
+        let authority = [&b"http://"[..], b"https://"]
             .iter()
             .find(|scheme| t.len() >= scheme.len() && t[..scheme.len()].eq_ignore_ascii_case(scheme))
-            .map(|scheme| &t[scheme.len()..])?;
-        let end = rest.iter().position(|&b| matches!(b, b'/' | b'?' | b'#')).unwrap_or(rest.len());
-        Some(&rest[..end])
+            .map(|scheme| {
+                let rest = &t[scheme.len()..];
+                &rest[..rest.iter().position(|&b| matches!(b, b'/' | b'?' | b'#')).unwrap_or(rest.len())]
+            });
+        RequestLine { method, authority }
     }
 }
 
@@ -221,9 +228,9 @@ fn framing_alias(name: &[u8]) -> bool {
 pub fn check_parsed<B>(req: &http::Request<B>) -> Result<(), (StatusCode, &'static str)> {
     let http11 = req.version() == http::Version::HTTP_11;
     let fields = req.headers().iter().map(|(n, v)| (n.as_str().as_bytes(), v.as_bytes()));
-    // hyper parsed the target already; an absolute one is checked by its authority.
-    let target = req.uri().to_string();
-    let line = RequestLine { method: req.method().as_str().as_bytes(), target: target.as_bytes() };
+    // hyper parsed the target already: only an absolute-form one has an authority.
+    let authority = req.uri().authority().map(|a| a.as_str().as_bytes());
+    let line = RequestLine { method: req.method().as_str().as_bytes(), authority };
     check_request(http11, line, fields).map(|_| ())
 }
 
@@ -291,7 +298,7 @@ mod tests {
     }
 
     fn check(method: &str, target: &str, fields: &[(&str, &str)]) -> Result<(), u16> {
-        let line = RequestLine { method: method.as_bytes(), target: target.as_bytes() };
+        let line = RequestLine::new(method.as_bytes(), target.as_bytes());
         let fields = fields.iter().map(|(n, v)| (n.as_bytes(), v.as_bytes()));
         check_request(true, line, fields).map(|_| ()).map_err(|(status, _)| status.as_u16())
     }

@@ -901,3 +901,29 @@ impl Checks {
         );
     }
 }
+
+/// Declares each case twice, `fast::case` and `general::case`: a case is an
+/// `async fn case(path: Path)` in the test file, run once per HTTP/1 path.
+#[allow(unused_macros)]
+macro_rules! both_paths {
+    ($($case:ident),* $(,)?) => {
+        mod fast {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $case() {
+                    super::$case(super::Path::Fast).await
+                }
+            )*
+        }
+        mod general {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $case() {
+                    super::$case(super::Path::General).await
+                }
+            )*
+        }
+    };
+}
+#[allow(unused_imports)]
+pub(crate) use both_paths;

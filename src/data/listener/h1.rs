@@ -172,13 +172,7 @@ async fn serve_one<H: Handler, F>(
     {
         return Ok(Handed::Close(io));
     }
-    if !parts.read_buf.is_empty() {
-        io.prefix = if io.prefix.is_empty() {
-            parts.read_buf
-        } else {
-            Bytes::from([parts.read_buf.as_ref(), io.prefix.as_ref()].concat())
-        };
-    }
+    give_back(&mut io, parts.read_buf);
     Ok(Handed::Back(io))
 }
 
@@ -366,14 +360,17 @@ async fn serve_until_quiet<H: Handler, F>(
     }
     let parts = conn.into_parts();
     let mut io = parts.io.into_inner();
-    if !parts.read_buf.is_empty() {
-        io.prefix = if io.prefix.is_empty() {
-            parts.read_buf
-        } else {
-            Bytes::from([parts.read_buf.as_ref(), io.prefix.as_ref()].concat())
-        };
-    }
+    give_back(&mut io, parts.read_buf);
     Ok(Some((io, activity.started.load(Ordering::Relaxed) > 0)))
+}
+
+/// Puts the bytes hyper read but did not use back in front of the socket's, for the next reader.
+fn give_back(io: &mut ClientIo, read_buf: Bytes) {
+    if read_buf.is_empty() {
+        return;
+    }
+    io.prefix =
+        if io.prefix.is_empty() { read_buf } else { Bytes::from([read_buf.as_ref(), io.prefix.as_ref()].concat()) };
 }
 
 /// hyper's read buffer bound: a 64 KiB head (the codec's limit) and a little slack.
@@ -385,14 +382,14 @@ const HYPER_BUF: usize = 72 * 1024;
 /// close was only skipped because the socket is kept for the codec.
 fn response_closes<B: http_body::Body>(resp: &Response<B>, http10: bool) -> bool {
     let headers = resp.headers();
-    let says_close = Connection::parse(headers.get_all(http::header::CONNECTION).iter().map(|v| v.as_bytes())).close;
+    let says_close = Connection::of(headers).close;
     let unframed = !headers.contains_key(http::header::CONTENT_LENGTH) && resp.body().size_hint().exact().is_none();
     says_close || (http10 && unframed)
 }
 
 /// Whether a request asks for its connection to close after the response.
 fn wants_close(req: &Request<Incoming>) -> bool {
-    let c = Connection::parse(req.headers().get_all(http::header::CONNECTION).iter().map(|v| v.as_bytes()));
+    let c = Connection::of(req.headers());
     match req.version() {
         http::Version::HTTP_10 => !c.keep_alive,
         _ => c.close,

@@ -42,7 +42,7 @@ pub fn inspect<'b>(req: &httparse::Request<'_, 'b>) -> Request<'b> {
         return Request::Reject(StatusCode::BAD_REQUEST, "incomplete request line");
     };
     let fields = req.headers.iter().map(|h| (h.name.as_bytes(), h.value));
-    let line = http1::RequestLine { method: method.as_bytes(), target: target.as_bytes() };
+    let line = http1::RequestLine::new(method.as_bytes(), target.as_bytes());
     let framing = match http1::check_request(version == 1, line, fields) {
         Ok(f) => f,
         Err((status, why)) => return Request::Reject(status, why),
