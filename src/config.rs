@@ -264,6 +264,12 @@ pub struct OutlierConfig {
     /// 0 turns passive ejection off.
     #[serde(default = "default_max_failures")]
     pub max_failures: u32,
+    /// Failures in a row, with no answer between, that eject an endpoint (Finagle's failure
+    /// accrual, Envoy's `consecutive_gateway_failure`): a frozen endpoint whose requests all
+    /// time out or lose to their hedge goes out at once, however slowly the failures come.
+    /// Default 5; 0 turns it off.
+    #[serde(default = "default_consecutive_failures")]
+    pub consecutive_failures: u32,
     /// The window failures are counted in (nginx's `fail_timeout`). Default `10s`.
     #[serde(default = "default_failure_window", with = "humantime_serde")]
     pub window: Duration,
@@ -271,6 +277,9 @@ pub struct OutlierConfig {
     #[serde(default = "default_true")]
     pub count_5xx: bool,
     /// Ejection time, multiplied by how often the endpoint was ejected (Envoy). Default `30s`.
+    /// When it is over, one trial request (`GET` on the probe's path, else `/`) must be
+    /// answered in time before the endpoint takes traffic again; a failed trial ejects it
+    /// again, for longer.
     #[serde(default = "default_base_ejection", with = "humantime_serde")]
     pub base_ejection: Duration,
     /// Longest ejection. Default `300s`.
@@ -298,6 +307,69 @@ pub struct RetryConfig {
     /// Retries always allowed per 10 s, whatever the traffic. Default 10.
     #[serde(default = "default_budget_min")]
     pub budget_min: u32,
+    /// When an idempotent request without a body that is still waiting for its response
+    /// head is also sent to a second endpoint of its version; the first answer wins and the
+    /// other attempt is cancelled (Envoy's hedging on per-try timeout). `"auto"` (default):
+    /// five times the typical endpoint's average latency, at least 250 ms; a duration: that
+    /// long; `"off"`. A hedge uses one of `attempts` and the retry budget. When the hedge
+    /// wins, the first endpoint is counted as failed.
+    #[serde(default)]
+    pub hedge_after: HedgeAfter,
+}
+
+/// `retry.hedge_after`: `"auto"`, `"off"` or a duration like `"500ms"`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, Serialize)]
+#[serde(try_from = "String", into = "String")]
+pub enum HedgeAfter {
+    /// Derived from the version's observed latency.
+    #[default]
+    Auto,
+    /// Never hedge.
+    Off,
+    /// After this long.
+    After(Duration),
+}
+
+impl HedgeAfter {
+    /// The shortest delay `auto` picks.
+    pub const AUTO_MIN: Duration = Duration::from_millis(250);
+    /// `auto`'s delay as a multiple of the typical endpoint's average latency.
+    pub const AUTO_FACTOR: u32 = 5;
+
+    /// The delay before a hedge, given the version's typical latency (`None`: not known
+    /// yet, so `auto` does not hedge).
+    pub fn delay(self, typical: Option<Duration>) -> Option<Duration> {
+        match self {
+            HedgeAfter::Off => None,
+            HedgeAfter::After(d) => Some(d),
+            HedgeAfter::Auto => typical.map(|t| (t * Self::AUTO_FACTOR).max(Self::AUTO_MIN)),
+        }
+    }
+}
+
+impl TryFrom<String> for HedgeAfter {
+    type Error = String;
+    fn try_from(s: String) -> Result<Self, String> {
+        match s.as_str() {
+            "auto" => Ok(HedgeAfter::Auto),
+            "off" => Ok(HedgeAfter::Off),
+            _ => match humantime::parse_duration(&s) {
+                Ok(d) if !d.is_zero() => Ok(HedgeAfter::After(d)),
+                Ok(_) => Err("hedge_after must be above 0 (use \"off\" to turn hedging off)".into()),
+                Err(e) => Err(format!("hedge_after must be \"auto\", \"off\" or a duration like \"500ms\": {e}")),
+            },
+        }
+    }
+}
+
+impl From<HedgeAfter> for String {
+    fn from(h: HedgeAfter) -> String {
+        match h {
+            HedgeAfter::Auto => "auto".into(),
+            HedgeAfter::Off => "off".into(),
+            HedgeAfter::After(d) => humantime::format_duration(d).to_string(),
+        }
+    }
 }
 
 fn default_probe_path() -> String {
@@ -319,6 +391,9 @@ fn default_expected_status() -> [u16; 2] {
     [200, 399]
 }
 fn default_max_failures() -> u32 {
+    5
+}
+fn default_consecutive_failures() -> u32 {
     5
 }
 fn default_failure_window() -> Duration {
@@ -350,6 +425,7 @@ impl Default for OutlierConfig {
     fn default() -> Self {
         Self {
             max_failures: default_max_failures(),
+            consecutive_failures: default_consecutive_failures(),
             window: default_failure_window(),
             count_5xx: true,
             base_ejection: default_base_ejection(),
@@ -365,6 +441,7 @@ impl Default for RetryConfig {
             attempts: default_retry_attempts(),
             budget_percent: default_budget_percent(),
             budget_min: default_budget_min(),
+            hedge_after: HedgeAfter::Auto,
         }
     }
 }

@@ -53,7 +53,9 @@ pub struct Metrics {
     weight: IntGaugeVec,
     revision: IntGaugeVec,
     retries: IntCounterVec,
+    hedges: IntCounterVec,
     ejections: IntCounterVec,
+    trials: IntCounterVec,
     spills: IntCounterVec,
     probes: IntCounterVec,
     endpoint_healthy: IntGaugeVec,
@@ -76,8 +78,12 @@ pub struct VersionMetrics {
     pub errors: [IntCounter; 5],
     /// Attempts re-sent to another endpoint.
     pub retries: IntCounter,
+    /// Hedges: index 0 = sent, 1 = won (the hedge answered first).
+    pub hedges: [IntCounter; 2],
     /// Passive ejections of its endpoints.
     pub ejections: IntCounter,
+    /// Trial requests after an ejection: index 0 = answered (readmitted), 1 = failed.
+    pub trials: [IntCounter; 2],
     /// Requests this version could not take and sent to another version.
     pub spilled: IntCounter,
     /// Probe results: index 0 = passed, 1 = failed.
@@ -152,7 +158,18 @@ impl Metrics {
             "Requests re-sent to another endpoint after failing before reaching the upstream.",
             &["app", "version"],
         );
+        let hedges = counter(
+            "weir_hedges_total",
+            "Requests also sent to a second endpoint while waiting for the first (outcome=sent), \
+             and those the second answered first (outcome=won).",
+            &["app", "version", "outcome"],
+        );
         let ejections = counter("weir_ejections_total", "Endpoints ejected by passive checks.", &["app", "version"]);
+        let trials = counter(
+            "weir_ejection_trials_total",
+            "Trial requests to an endpoint whose ejection time is over, by result (pass readmits it).",
+            &["app", "version", "result"],
+        );
         let spills = counter(
             "weir_spillover_total",
             "Requests for a version with no healthy endpoint, sent to another version.",
@@ -205,7 +222,9 @@ impl Metrics {
             Box::new(revision.clone()),
             Box::new(unrouted.clone()),
             Box::new(retries.clone()),
+            Box::new(hedges.clone()),
             Box::new(ejections.clone()),
+            Box::new(trials.clone()),
             Box::new(spills.clone()),
             Box::new(probes.clone()),
             Box::new(endpoint_healthy.clone()),
@@ -224,7 +243,9 @@ impl Metrics {
             weight,
             revision,
             retries,
+            hedges,
             ejections,
+            trials,
             spills,
             probes,
             endpoint_healthy,
@@ -260,7 +281,9 @@ impl Metrics {
             latency: self.latency.with_label_values(&[app, version]),
             errors: UpstreamErrorKind::ALL.map(kind),
             retries: self.retries.with_label_values(&[app, version]),
+            hedges: ["sent", "won"].map(|o| self.hedges.with_label_values(&[app, version, o])),
             ejections: self.ejections.with_label_values(&[app, version]),
+            trials: ["pass", "fail"].map(|r| self.trials.with_label_values(&[app, version, r])),
             spilled: self.spills.with_label_values(&[app, version]),
             probes: ["pass", "fail"].map(|r| self.probes.with_label_values(&[app, version, r])),
         }

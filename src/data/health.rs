@@ -150,6 +150,10 @@ async fn run(client: ProbeClient, t: Target, stop: CancellationToken, mut first:
         let change = verdict(t.state.probe_up(), t.state.ever_up(), passes, fails, &t.config);
         if let Some(now_up) = change {
             t.state.set_probe_up(now_up);
+            // Back up by its probe after its ejection time: that answer is its trial.
+            if now_up && t.state.in_trial() {
+                t.state.readmit();
+            }
             t.gauge.set(i64::from(t.state.is_healthy()));
             let why = if now_up {
                 format!("probe passed {passes} time(s) in a row")

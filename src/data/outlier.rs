@@ -1,21 +1,29 @@
-//! Passive outlier detection: endpoints that fail real requests are ejected for a while.
+//! Passive outlier detection: endpoints that fail real requests are ejected, and come back
+//! only once a trial request is answered in time (a circuit breaker's half-open state).
 //!
-//! Runs only on the failure path. The ejection ends by a timer, not by a clock read on every
+//! Runs only on the failure path. The ejection ends by a task, not by a clock read on every
 //! pick, so the request path stays one load of the endpoint's flags.
 
-use std::sync::Arc;
+use std::sync::{Arc, Weak};
 use std::time::Duration;
 
-use crate::data::clock::clock_ms;
-use crate::data::pool::Endpoint;
-use crate::data::snapshot::{App, Version};
+use http::{Request, header};
+use http_body_util::{Either, Empty};
 
-/// Counts a failure of `endpoint`; ejects it when it reached the app's limit, unless that
-/// would eject more of the version than `max_ejected_percent` (one endpoint always may go).
+use crate::config::{HedgeAfter, OutlierConfig};
+use crate::data::clock::clock_ms;
+use crate::data::pool::{Endpoint, EndpointState};
+use crate::data::snapshot::{App, Version};
+use crate::data::upstream::HttpClient;
+
+/// Counts a failure of `endpoint` (an error, a timeout, a 5xx where counted, or a hedge that
+/// answered before it); ejects it when that makes `consecutive_failures` in a row or
+/// `max_failures` within the window, unless that would eject more of the version than
+/// `max_ejected_percent` (one endpoint always may go).
 pub fn on_failure(app: &App, version: &Version, endpoint: &Endpoint) {
     let o = &app.outlier;
     let window_ms = o.window.as_millis() as u64;
-    if !endpoint.state.record_failure(clock_ms(), window_ms, o.max_failures) {
+    if !endpoint.state.record_failure(clock_ms(), window_ms, o.max_failures, o.consecutive_failures) {
         return;
     }
     let pool = &version.pool;
@@ -32,23 +40,117 @@ pub fn on_failure(app: &App, version: &Version, endpoint: &Endpoint) {
     let duration = ejection_time(o.base_ejection, o.max_ejection, times);
     version.metrics.ejections.inc();
     endpoint.publish_health();
-    let why =
-        format!("ejected for {duration:?} after {} failures within {:?} (ejection #{times})", o.max_failures, o.window);
+    let why = format!(
+        "ejected for {duration:?} after {} failures in a row or {} within {:?} (ejection #{times})",
+        o.consecutive_failures, o.max_failures, o.window
+    );
     tracing::warn!(app = %app.name, version = %version.name, endpoint = %endpoint.name, "{why}");
     endpoint.state.note_change(why);
-    let state = Arc::clone(&endpoint.state);
-    let gauge = endpoint.healthy_gauge.clone();
-    let (app, version, name) = (Arc::clone(&app.name), Arc::clone(&version.name), Arc::clone(&endpoint.name));
-    tokio::spawn(async move {
-        tokio::time::sleep(duration).await;
-        state.readmit();
-        gauge.set(i64::from(state.is_healthy()));
-        state.note_change(format!("ejection ended after {duration:?}"));
-        tracing::info!(%app, %version, endpoint = %name, "ejection ended");
-    });
+    let trial = Trial {
+        state: Arc::downgrade(&endpoint.state),
+        client: endpoint.client.clone(),
+        request: trial_request(version, endpoint),
+        // In time means as fast as the version's hedge deadline now: an endpoint slower
+        // than its siblings stays out, one as slow as they are (a slow version) comes back.
+        deadline: app
+            .retry
+            .hedge_after
+            .delay(pool.typical_latency())
+            .or(HedgeAfter::Auto.delay(pool.typical_latency()))
+            .unwrap_or(endpoint.client.timeouts.request)
+            .min(endpoint.client.timeouts.request),
+        count_5xx: o.count_5xx,
+        outlier: o.clone(),
+        gauge: endpoint.healthy_gauge.clone(),
+        metrics: version.metrics.clone(),
+        names: (Arc::clone(&app.name), Arc::clone(&version.name), Arc::clone(&endpoint.name)),
+    };
+    tokio::spawn(trial.run(duration));
 }
 
 /// Ejection time for the `times`-th ejection: base × times, at most `max`.
 pub fn ejection_time(base: Duration, max: Duration, times: u32) -> Duration {
     base.saturating_mul(times).min(max)
+}
+
+/// What it takes to end one endpoint's ejection.
+struct Trial {
+    /// Weak: an endpoint that leaves the snapshot ends its trials.
+    state: Weak<EndpointState>,
+    client: HttpClient,
+    request: (String, header::HeaderValue),
+    deadline: Duration,
+    count_5xx: bool,
+    outlier: OutlierConfig,
+    gauge: prometheus::IntGauge,
+    metrics: crate::metrics::VersionMetrics,
+    names: (Arc<str>, Arc<str>, Arc<str>),
+}
+
+/// The trial: `GET` on the version's probe path (else `/`), as the endpoint's own `Host`.
+fn trial_request(version: &Version, endpoint: &Endpoint) -> (String, header::HeaderValue) {
+    let path = version.probe.as_ref().map_or("/", |p| p.path.as_str()).to_owned();
+    let host = header::HeaderValue::from_str(&endpoint.addr.to_string()).expect("a socket address is a valid header");
+    (path, host)
+}
+
+impl Trial {
+    /// Waits out the ejection, then sends trials until one is answered in time (readmitted)
+    /// or the endpoint leaves; each failed trial ejects it again, for longer.
+    async fn run(self, mut wait: Duration) {
+        let (app, version, endpoint) = &self.names;
+        loop {
+            tokio::time::sleep(wait).await;
+            let Some(state) = self.state.upgrade() else { return };
+            if !state.is_ejected() {
+                return; // readmitted meanwhile (its probe passed during a trial)
+            }
+            state.await_trial();
+            drop(state);
+            let outcome = self.try_once().await;
+            let Some(state) = self.state.upgrade() else { return };
+            match outcome {
+                Ok(status) => {
+                    self.metrics.trials[0].inc();
+                    if state.readmit() {
+                        self.gauge.set(i64::from(state.is_healthy()));
+                        let why = format!("ejection ended: a trial request was answered ({status})");
+                        tracing::info!(%app, %version, %endpoint, "{why}");
+                        state.note_change(why);
+                    }
+                    return;
+                }
+                Err(why) => {
+                    self.metrics.trials[1].inc();
+                    if !state.is_ejected() {
+                        return;
+                    }
+                    let times = state.eject_again();
+                    self.metrics.ejections.inc();
+                    wait = ejection_time(self.outlier.base_ejection, self.outlier.max_ejection, times);
+                    let why = format!("trial request failed ({why}): ejected again for {wait:?} (ejection #{times})");
+                    tracing::warn!(%app, %version, %endpoint, "{why}");
+                    state.note_change(why);
+                }
+            }
+        }
+    }
+
+    /// One trial request; `Ok(status)` when answered within the deadline (below 500 when 5xx
+    /// answers count as failures).
+    async fn try_once(&self) -> Result<http::StatusCode, String> {
+        let (path, host) = &self.request;
+        let mut req = Request::new(Either::Right(Empty::new()));
+        *req.uri_mut() = path.parse().map_err(|e| format!("trial path {path:?}: {e}"))?;
+        req.headers_mut().insert(header::HOST, host.clone());
+        req.headers_mut().insert(header::USER_AGENT, header::HeaderValue::from_static("weir-trial"));
+        match tokio::time::timeout(self.deadline, self.client.send(req)).await {
+            Err(_) => Err(format!("no answer within {:?}", self.deadline)),
+            Ok(Err(e)) => Err(e.to_string()),
+            Ok(Ok((resp, _lease))) if self.count_5xx && resp.status().is_server_error() => {
+                Err(format!("answered {}", resp.status()))
+            }
+            Ok(Ok((resp, _lease))) => Ok(resp.status()),
+        }
+    }
 }

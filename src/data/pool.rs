@@ -17,6 +17,8 @@ const PROBE_DOWN: u8 = 1;
 const EJECTED: u8 = 2;
 /// Discovery says not ready, or terminating (draining).
 const NOT_READY: u8 = 4;
+/// Its ejection time is over and it waits for a trial request to answer (half-open).
+const TRIAL: u8 = 8;
 
 /// Shared, mutable state of one endpoint.
 ///
@@ -24,13 +26,18 @@ const NOT_READY: u8 = 4;
 /// on failures, or by the admin API.
 #[derive(Debug)]
 pub struct EndpointState {
-    /// `PROBE_DOWN | EJECTED | NOT_READY` bits; healthy when zero.
+    /// `PROBE_DOWN | EJECTED | NOT_READY | TRIAL` bits; healthy when zero.
     down: AtomicU8,
     /// Requests sent to this endpoint whose response has not finished.
     in_flight: AtomicU32,
     /// Passive failures in the current window, and when (ms on [`clock_ms`](super::clock::clock_ms)) it started.
     failures: AtomicU32,
     window_start_ms: AtomicU64,
+    /// Failures since its last success (Finagle's failure accrual, Envoy's consecutive 5xx).
+    consecutive: AtomicU32,
+    /// Time to response head, an exponentially weighted moving average in µs (0: no sample
+    /// yet). Updated on every answer; read when a version's typical latency is worked out.
+    latency_us: AtomicU32,
     /// How many times passive checks ejected it; the ejection time grows with it.
     times_ejected: AtomicU32,
     /// Whether a probe ever passed (a new endpoint needs one pass, a fallen one `rise`).
@@ -58,6 +65,8 @@ impl EndpointState {
             in_flight: AtomicU32::new(0),
             failures: AtomicU32::new(0),
             window_start_ms: AtomicU64::new(0),
+            consecutive: AtomicU32::new(0),
+            latency_us: AtomicU32::new(0),
             times_ejected: AtomicU32::new(0),
             ever_up: AtomicBool::new(!awaiting_probe),
             record: Mutex::new(HealthRecord::default()),
@@ -72,9 +81,13 @@ impl EndpointState {
     pub fn probe_up(&self) -> bool {
         self.down.load(Ordering::Relaxed) & PROBE_DOWN == 0
     }
-    /// Whether passive checks have ejected it.
+    /// Whether passive checks have ejected it (also while it awaits its trial).
     pub fn is_ejected(&self) -> bool {
-        self.down.load(Ordering::Relaxed) & EJECTED != 0
+        self.down.load(Ordering::Relaxed) & (EJECTED | TRIAL) != 0
+    }
+    /// Whether its ejection time is over and it awaits a trial request.
+    pub fn in_trial(&self) -> bool {
+        self.down.load(Ordering::Relaxed) & TRIAL != 0
     }
     /// Whether any probe ever passed (or none was needed).
     pub fn ever_up(&self) -> bool {
@@ -114,9 +127,34 @@ impl EndpointState {
     pub fn times_ejected(&self) -> u32 {
         self.times_ejected.load(Ordering::Relaxed)
     }
-    /// Counts a passive failure at `now_ms`; true when `max` failures fell within `window_ms`
-    /// (nginx's `max_fails` in `fail_timeout`), which resets the count.
-    pub fn record_failure(&self, now_ms: u64, window_ms: u64, max: u32) -> bool {
+    /// Counts an answer that took `latency`: ends a run of failures and feeds the latency
+    /// average (weight 1/8 per answer). Relaxed, and racing updates may lose a sample: it is
+    /// an estimate.
+    #[inline]
+    pub fn record_success(&self, latency: std::time::Duration) {
+        if self.consecutive.load(Ordering::Relaxed) != 0 {
+            self.consecutive.store(0, Ordering::Relaxed);
+        }
+        let sample = u32::try_from(latency.as_micros()).unwrap_or(u32::MAX).max(1);
+        let old = self.latency_us.load(Ordering::Relaxed);
+        let new = if old == 0 { sample } else { old - old / 8 + sample / 8 };
+        self.latency_us.store(new.max(1), Ordering::Relaxed);
+    }
+    /// Its average time to response head in µs, `None` before its first answer.
+    pub fn latency_us(&self) -> Option<u32> {
+        Some(self.latency_us.load(Ordering::Relaxed)).filter(|&us| us > 0)
+    }
+    /// Counts a passive failure at `now_ms`; true when it is the `consecutive`-th in a row
+    /// (no answer between), or `max` failures fell within `window_ms` (nginx's `max_fails`
+    /// in `fail_timeout`). Either resets both counts. A limit of 0 is off.
+    pub fn record_failure(&self, now_ms: u64, window_ms: u64, max: u32, consecutive: u32) -> bool {
+        let run = self.consecutive.fetch_add(1, Ordering::Relaxed) + 1;
+        if consecutive > 0 && run >= consecutive {
+            self.consecutive.store(0, Ordering::Relaxed);
+            self.failures.store(0, Ordering::Relaxed);
+            self.window_start_ms.store(now_ms, Ordering::Relaxed);
+            return true;
+        }
         let start = self.window_start_ms.load(Ordering::Relaxed);
         let count = if now_ms.saturating_sub(start) > window_ms {
             self.window_start_ms.store(now_ms, Ordering::Relaxed);
@@ -127,6 +165,7 @@ impl EndpointState {
         };
         if max > 0 && count >= max {
             self.failures.store(0, Ordering::Relaxed);
+            self.consecutive.store(0, Ordering::Relaxed);
             true
         } else {
             false
@@ -136,12 +175,24 @@ impl EndpointState {
     /// was ejected already.
     pub fn eject(&self) -> Option<u32> {
         let before = self.down.fetch_or(EJECTED, Ordering::Relaxed);
-        (before & EJECTED == 0).then(|| self.times_ejected.fetch_add(1, Ordering::Relaxed) + 1)
+        (before & (EJECTED | TRIAL) == 0).then(|| self.times_ejected.fetch_add(1, Ordering::Relaxed) + 1)
     }
-    /// Ends an ejection.
-    pub fn readmit(&self) {
-        self.failures.store(0, Ordering::Relaxed);
+    /// Ends an ejection's time: the endpoint stays out until a trial answers ([`Self::readmit`]).
+    pub fn await_trial(&self) {
+        self.down.fetch_or(TRIAL, Ordering::Relaxed);
         self.down.fetch_and(!EJECTED, Ordering::Relaxed);
+    }
+    /// Ends an ejection: a trial answered. Returns whether it was ejected.
+    pub fn readmit(&self) -> bool {
+        self.failures.store(0, Ordering::Relaxed);
+        self.consecutive.store(0, Ordering::Relaxed);
+        self.down.fetch_and(!(EJECTED | TRIAL), Ordering::Relaxed) & (EJECTED | TRIAL) != 0
+    }
+    /// A failed trial: ejected again. Returns the number of this ejection.
+    pub fn eject_again(&self) -> u32 {
+        self.down.fetch_or(EJECTED, Ordering::Relaxed);
+        self.down.fetch_and(!TRIAL, Ordering::Relaxed);
+        self.times_ejected.fetch_add(1, Ordering::Relaxed) + 1
     }
     /// Records a probe result for operators.
     pub fn note_probe(&self, ok: bool, detail: String) {
@@ -218,12 +269,49 @@ pub struct Pool {
     endpoints: Box<[Endpoint]>,
     balance: Balance,
     cursor: AtomicUsize,
+    /// The typical endpoint's latency (µs, 0: unknown) and when it was worked out
+    /// ([`Pool::typical_latency`]).
+    typical_us: AtomicU32,
+    typical_at_ms: AtomicU64,
 }
+
+/// How often a pool's typical latency is worked out again.
+const TYPICAL_EVERY_MS: u64 = 100;
 
 impl Pool {
     /// A pool over `endpoints`.
     pub fn new(endpoints: Vec<Endpoint>, balance: Balance) -> Self {
-        Pool { endpoints: endpoints.into_boxed_slice(), balance, cursor: AtomicUsize::new(0) }
+        Pool {
+            endpoints: endpoints.into_boxed_slice(),
+            balance,
+            cursor: AtomicUsize::new(0),
+            typical_us: AtomicU32::new(0),
+            typical_at_ms: AtomicU64::new(0),
+        }
+    }
+
+    /// The latency of the version's typical endpoint: the median of its healthy endpoints'
+    /// average times to response head, `None` before any answered. The median, so that a
+    /// minority of slow or frozen endpoints does not move it: they are what it is measured
+    /// against. Worked out at most every 100 ms, by whichever request asks.
+    pub fn typical_latency(&self) -> Option<std::time::Duration> {
+        let now = super::clock::clock_ms();
+        let at = self.typical_at_ms.load(Ordering::Relaxed);
+        if at == 0 || now.saturating_sub(at) >= TYPICAL_EVERY_MS {
+            self.typical_at_ms.store(now.max(1), Ordering::Relaxed);
+            let mut samples: Vec<u32> =
+                self.endpoints.iter().filter(|e| e.state.is_healthy()).filter_map(|e| e.state.latency_us()).collect();
+            let typical = if samples.is_empty() {
+                0
+            } else {
+                let middle = (samples.len() - 1) / 2;
+                *samples.select_nth_unstable(middle).1
+            };
+            self.typical_us.store(typical, Ordering::Relaxed);
+        }
+        Some(self.typical_us.load(Ordering::Relaxed))
+            .filter(|&us| us > 0)
+            .map(|us| std::time::Duration::from_micros(u64::from(us)))
     }
 
     /// All endpoints, healthy or not.
@@ -357,15 +445,72 @@ mod tests {
     #[test]
     fn failures_count_within_a_window() {
         let s = EndpointState::new(false);
-        assert!(!s.record_failure(1_000, 10_000, 3));
-        assert!(!s.record_failure(2_000, 10_000, 3));
-        assert!(s.record_failure(3_000, 10_000, 3), "third failure in the window ejects");
-        assert!(!s.record_failure(4_000, 10_000, 3), "the count restarts after ejecting");
-        // Failures spread wider than the window never add up.
+        let ok = std::time::Duration::from_millis(1);
+        assert!(!s.record_failure(1_000, 10_000, 3, 0));
+        assert!(!s.record_failure(2_000, 10_000, 3, 0));
+        assert!(s.record_failure(3_000, 10_000, 3, 0), "third failure in the window ejects");
+        assert!(!s.record_failure(4_000, 10_000, 3, 0), "the count restarts after ejecting");
+        // Failures spread wider than the window never add up, answered or not between.
         for t in 0..10 {
-            assert!(!s.record_failure(100_000 + t * 20_000, 10_000, 3));
+            assert!(!s.record_failure(100_000 + t * 20_000, 10_000, 3, 0));
+            s.record_success(ok);
         }
-        assert!(!s.record_failure(5_000, 10_000, 0), "0 disables ejection");
+        assert!(!s.record_failure(5_000, 10_000, 0, 0), "0 disables ejection");
+    }
+
+    #[test]
+    fn failures_in_a_row_eject_however_slowly_they_come() {
+        let s = EndpointState::new(false);
+        let ok = std::time::Duration::from_millis(1);
+        // 30 s apart (a request timeout each): never 5 within a 10 s window, but 5 in a row.
+        for t in 0..4 {
+            assert!(!s.record_failure(t * 30_000, 10_000, 5, 5));
+        }
+        assert!(s.record_failure(4 * 30_000, 10_000, 5, 5), "the fifth in a row ejects");
+        // An answer between ends the run.
+        for t in 0..20 {
+            assert!(!s.record_failure(200_000 + t * 30_000, 10_000, 5, 5));
+            s.record_success(ok);
+        }
+    }
+
+    #[test]
+    fn an_ejection_ends_only_with_a_trial() {
+        let s = EndpointState::new(false);
+        assert_eq!(s.eject(), Some(1));
+        s.await_trial();
+        assert!(!s.is_healthy() && s.is_ejected() && s.in_trial(), "out until the trial answers");
+        assert_eq!(s.eject(), None, "a failure meanwhile does not eject twice");
+        assert_eq!(s.eject_again(), 2, "a failed trial ejects again");
+        assert!(!s.in_trial() && s.is_ejected());
+        s.await_trial();
+        assert!(s.readmit());
+        assert!(s.is_healthy() && !s.is_ejected());
+        assert!(!s.readmit(), "readmitting a healthy endpoint changes nothing");
+    }
+
+    #[test]
+    fn typical_latency_is_the_median_endpoint() {
+        let p = pool(4, Balance::P2c);
+        assert_eq!(p.typical_latency(), None, "nothing answered yet");
+        let ms = std::time::Duration::from_millis;
+        for (i, e) in p.endpoints().iter().enumerate() {
+            // One endpoint far slower than the rest: the median ignores it.
+            e.state.record_success(if i == 3 { ms(3_000) } else { ms(2) });
+        }
+        p.typical_at_ms.store(0, Ordering::Relaxed);
+        assert_eq!(p.typical_latency(), Some(ms(2)));
+        // All slow: the typical endpoint is slow, so none stands out.
+        for e in p.endpoints() {
+            e.state.latency_us.store(3_000_000, Ordering::Relaxed);
+        }
+        p.typical_at_ms.store(0, Ordering::Relaxed);
+        assert_eq!(p.typical_latency(), Some(ms(3_000)));
+        // The average moves by an eighth of each new sample.
+        let s = EndpointState::new(false);
+        s.record_success(ms(8));
+        s.record_success(ms(16));
+        assert_eq!(s.latency_us(), Some(9_000));
     }
 
     #[test]

@@ -230,6 +230,16 @@ impl Exchange for HyperExchange {
     fn status(answer: &Self::Answer) -> StatusCode {
         answer.0.status
     }
+
+    fn spare(&self) -> Self {
+        HyperExchange {
+            path: self.path.clone(),
+            head: self.head.clone(),
+            body: None,
+            replayable: self.replayable,
+            is_head: self.is_head,
+        }
+    }
 }
 
 /// The version for a request and a healthy endpoint in it. When the chosen version has none

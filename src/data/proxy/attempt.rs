@@ -5,7 +5,7 @@
 //! the general path, Weir's codec for the fast path.
 
 use std::future::Future;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use http::{Response, StatusCode};
 
@@ -17,7 +17,7 @@ use crate::data::upstream::UpstreamError;
 use crate::metrics::UpstreamErrorKind;
 
 /// How one attempt of a request is sent on a path.
-pub(super) trait Exchange {
+pub(super) trait Exchange: Sized {
     /// What an attempt that got a response head yields.
     type Answer;
     /// Sends the request to `endpoint` once and reads the response head. `last`: no attempt
@@ -29,18 +29,25 @@ pub(super) trait Exchange {
     ) -> impl Future<Output = Result<Self::Answer, UpstreamError>> + Send + 's;
     /// The status of an answer, as counted.
     fn status(answer: &Self::Answer) -> StatusCode;
+    /// A second exchange of the same request, to hedge with: called only for requests that
+    /// can be sent more than once, before the first attempt starts.
+    fn spare(&self) -> Self;
 }
 
 /// An attempt that got a response head: the answer, the endpoint that gave it, and its
-/// in-flight count, held until the body is through.
-pub(super) struct Sent<'a, T> {
+/// in-flight count, held until the body is through. `spare`: the hedge's exchange, when the
+/// answer came from the hedge (what it read is in there).
+pub(super) struct Sent<'a, T, X> {
     pub answer: T,
     pub endpoint: &'a Endpoint,
     pub in_flight: InFlight,
+    pub spare: Option<X>,
 }
 
-/// Runs the attempts of one request on `exchange`, starting at `endpoint`. `Err`: the
-/// response to give instead (the last failure's, counted).
+/// Runs the attempts of one request on `exchange`, starting at `endpoint`. An idempotent
+/// request still waiting for its response head after the hedge delay is also sent to a
+/// second endpoint ([`race`]). `Err`: the response to give instead (the last failure's,
+/// counted).
 pub(super) async fn drive<'a, X: Exchange>(
     app: &'a App,
     version: &'a Version,
@@ -48,31 +55,161 @@ pub(super) async fn drive<'a, X: Exchange>(
     mut attempts: Attempts,
     exchange: &mut X,
     start: Instant,
-) -> Result<Sent<'a, X::Answer>, Response<ResponseBody>> {
+) -> Result<Sent<'a, X::Answer, X>, Response<ResponseBody>> {
+    let mut tried = start;
     loop {
         endpoint.requests.inc();
         let in_flight = InFlight::start(&endpoint.state);
-        match exchange.send(endpoint, attempts.left == 0).await {
-            Ok(answer) => {
-                answered(app, version, endpoint, X::status(&answer), start);
-                return Ok(Sent { answer, endpoint, in_flight });
+        let raced = match attempts.hedge_delay(app, version) {
+            Some(delay) => race(app, version, endpoint, &mut attempts, exchange, delay).await,
+            None => match exchange.send(endpoint, attempts.left == 0).await {
+                Ok(answer) => Raced::First(answer),
+                Err(e) => Raced::Failed(e, endpoint),
+            },
+        };
+        match raced {
+            Raced::First(answer) => {
+                answered(app, version, endpoint, X::status(&answer), start, tried);
+                return Ok(Sent { answer, endpoint, in_flight, spare: None });
             }
-            Err(e) => {
+            Raced::Hedge(answer, hedge) => {
+                // Answered by the second endpoint though the first had a head start: the
+                // first is slow or frozen, which counts against it.
+                version.metrics.hedges[1].inc();
+                tracing::debug!(
+                    app = %app.name, version = %version.name, slow = %endpoint.name, hedge = %hedge.endpoint.name,
+                    "the hedge answered first"
+                );
+                outlier::on_failure(app, version, endpoint);
                 drop(in_flight);
-                match attempts.after_failure(app, version, endpoint, &e) {
-                    Some(next) => endpoint = next,
-                    None => return Err(failed(version, e, start)),
+                answered(app, version, hedge.endpoint, X::status(&answer), start, hedge.sent);
+                return Ok(Sent {
+                    answer,
+                    endpoint: hedge.endpoint,
+                    in_flight: hedge.in_flight,
+                    spare: Some(hedge.spare),
+                });
+            }
+            Raced::Failed(e, failed) => {
+                drop(in_flight);
+                match attempts.after_failure(app, version, failed, &e) {
+                    Some(next) => {
+                        endpoint = next;
+                        tried = Instant::now();
+                    }
+                    None => return Err(self::failed(version, e, start)),
                 }
             }
         }
     }
 }
 
-/// Counts a response whose head came from `endpoint`: its status, the time to it, and a 5xx
-/// against the endpoint where the app counts those.
-pub(super) fn answered(app: &App, version: &Version, endpoint: &Endpoint, status: StatusCode, start: Instant) {
+/// How a (possibly hedged) attempt ended.
+enum Raced<'a, A, X> {
+    /// The first attempt answered (a hedge, if any, was cancelled).
+    First(A),
+    /// The hedge answered first (the first attempt was cancelled).
+    Hedge(A, Hedge<'a, X>),
+    /// The last attempt still running failed, on this endpoint; an earlier failure of the
+    /// other one was counted already.
+    Failed(UpstreamError, &'a Endpoint),
+}
+
+/// A hedge that answered.
+struct Hedge<'a, X> {
+    endpoint: &'a Endpoint,
+    in_flight: InFlight,
+    sent: Instant,
+    spare: X,
+}
+
+/// Sends the request to `endpoint` and, if no response head came within `delay`, to a second
+/// endpoint as well (when the version has one and the retry budget allows): the first answer
+/// wins, the other attempt is dropped, which closes its connection. A failure of one while
+/// the other runs is counted and the other awaited.
+async fn race<'a, X: Exchange>(
+    app: &'a App,
+    version: &'a Version,
+    endpoint: &'a Endpoint,
+    attempts: &mut Attempts,
+    exchange: &mut X,
+    delay: Duration,
+) -> Raced<'a, X::Answer, X> {
+    let mut spare = exchange.spare();
+    let first = exchange.send(endpoint, false);
+    tokio::pin!(first);
+    tokio::select! {
+        biased;
+        r = &mut first => return match r {
+            Ok(answer) => Raced::First(answer),
+            Err(e) => Raced::Failed(e, endpoint),
+        },
+        () = tokio::time::sleep(delay) => {}
+    }
+    let Some(other) = attempts.hedge(app, version, endpoint) else {
+        return match first.await {
+            Ok(answer) => Raced::First(answer),
+            Err(e) => Raced::Failed(e, endpoint),
+        };
+    };
+    other.requests.inc();
+    let in_flight = InFlight::start(&other.state);
+    let sent = Instant::now();
+    // Which side answered or failed last; the hedge's future borrows `spare`, so the outcome
+    // is taken out of this block before `spare` can be handed on.
+    enum Won<A> {
+        First(A),
+        Second(A),
+        Failed(UpstreamError, bool),
+    }
+    let won = {
+        let second = spare.send(other, false);
+        tokio::pin!(second);
+        tokio::select! {
+            r = &mut first => match r {
+                Ok(answer) => Won::First(answer),
+                Err(e) => {
+                    attempts.count_failure(app, version, endpoint, &e);
+                    match second.await {
+                        Ok(answer) => Won::Second(answer),
+                        Err(e) => Won::Failed(e, true),
+                    }
+                }
+            },
+            r = &mut second => match r {
+                Ok(answer) => Won::Second(answer),
+                Err(e) => {
+                    attempts.count_failure(app, version, other, &e);
+                    match first.await {
+                        Ok(answer) => Won::First(answer),
+                        Err(e) => Won::Failed(e, false),
+                    }
+                }
+            },
+        }
+    };
+    match won {
+        Won::First(answer) => Raced::First(answer),
+        Won::Second(answer) => Raced::Hedge(answer, Hedge { endpoint: other, in_flight, sent, spare }),
+        Won::Failed(e, on_hedge) => Raced::Failed(e, if on_hedge { other } else { endpoint }),
+    }
+}
+
+/// Counts a response whose head came from `endpoint`, `tried` after the attempt started: its
+/// status, the time to it, its latency for the endpoint's average, and a 5xx against the
+/// endpoint where the app counts those.
+pub(super) fn answered(
+    app: &App,
+    version: &Version,
+    endpoint: &Endpoint,
+    status: StatusCode,
+    start: Instant,
+    tried: Instant,
+) {
     if status.is_server_error() && app.outlier.count_5xx {
         outlier::on_failure(app, version, endpoint);
+    } else {
+        endpoint.state.record_success(tried.elapsed());
     }
     version.metrics.count_status(status);
     version.metrics.latency.observe(start.elapsed().as_secs_f64());
@@ -93,11 +230,52 @@ pub(super) struct Attempts {
     idempotent: bool,
     /// Whether the one retry after a stale connection was used.
     stale_retried: bool,
+    /// Whether the request was hedged (once at most).
+    hedged: bool,
 }
 
 impl Attempts {
     pub(super) fn new(app: &App, replayable: bool, idempotent: bool) -> Self {
-        Attempts { left: if replayable { app.retry.attempts } else { 0 }, idempotent, stale_retried: false }
+        Attempts {
+            left: if replayable { app.retry.attempts } else { 0 },
+            idempotent,
+            stale_retried: false,
+            hedged: false,
+        }
+    }
+
+    /// How long the next attempt waits for its response head before a hedge goes out, if
+    /// it may be hedged: an idempotent request that can be sent again, not hedged yet, with
+    /// a delay shorter than the request timeout.
+    fn hedge_delay(&self, app: &App, version: &Version) -> Option<Duration> {
+        if self.hedged || self.left == 0 || !self.idempotent {
+            return None;
+        }
+        let delay = app.retry.hedge_after.delay(version.pool.typical_latency())?;
+        let timeout = version.pool.endpoints().first()?.client.timeouts.request;
+        (delay < timeout).then_some(delay)
+    }
+
+    /// The endpoint a hedge goes to, taking an attempt and a retry from the budget; `None`
+    /// when there is no other healthy endpoint or no budget left.
+    fn hedge<'a>(&mut self, app: &'a App, version: &'a Version, endpoint: &'a Endpoint) -> Option<&'a Endpoint> {
+        self.hedged = true;
+        let other = version.pool.pick_other(endpoint.addr)?;
+        if !app.upstream.budget.try_retry(app.retry.budget_percent, app.retry.budget_min) {
+            return None;
+        }
+        self.left -= 1;
+        version.metrics.hedges[0].inc();
+        Some(other)
+    }
+
+    /// Counts the failure of one side of a hedged request while the other still runs.
+    fn count_failure(&self, app: &App, version: &Version, endpoint: &Endpoint, e: &UpstreamError) {
+        version.metrics.count_error(e.kind);
+        tracing::debug!(app = %app.name, endpoint = %endpoint.name, kind = e.kind.as_str(), "hedged attempt failed: {}", e.message);
+        if e.kind != UpstreamErrorKind::Client {
+            outlier::on_failure(app, version, endpoint);
+        }
     }
 
     /// Counts an attempt's failure on `endpoint` and picks where the request goes next: the

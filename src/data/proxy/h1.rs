@@ -264,15 +264,32 @@ impl Proxy {
         let Route { app, version, endpoint, close, idempotent, head } = route;
         let close = close || cancel.is_cancelled();
         let attempts = Attempts::new(app, true, idempotent);
-        let mut raw = RawExchange { req: &bufs.req, up: &mut bufs.up, out: &mut bufs.resp, head, close };
-        match attempt::drive(app, version, endpoint, attempts, &mut raw, start).await {
-            Ok(Sent { answer: (conn, len, resp), endpoint, in_flight }) => {
+        // The attempt writes into the connection's buffers; a hedge that answers first
+        // brings its own, which then take their place.
+        let mut raw = RawExchange {
+            req: &bufs.req,
+            up: std::mem::take(&mut bufs.up),
+            out: std::mem::take(&mut bufs.resp),
+            head,
+            close,
+        };
+        let sent = attempt::drive(app, version, endpoint, attempts, &mut raw, start).await;
+        let used = match &sent {
+            Ok(Sent { spare: Some(_), .. }) => None,
+            _ => Some(raw),
+        };
+        match sent {
+            Ok(Sent { answer: (conn, len, resp), endpoint, in_flight, spare }) => {
+                let used = used.or(spare).expect("the answer came from one of the two");
+                (bufs.up, bufs.resp) = (used.up, used.out);
                 bufs.up.advance(len);
                 forward_body(client, conn, resp, bufs, endpoint.client.timeouts.request).await?;
                 drop(in_flight);
                 Ok(!resp.close)
             }
             Err(failure) => {
+                let used = used.expect("no hedge answered");
+                (bufs.up, bufs.resp) = (used.up, used.out);
                 encode_local(&failure, close, head, &mut bufs.resp);
                 client.write_all(&bufs.resp).await?;
                 Ok(!close)
@@ -285,8 +302,8 @@ impl Proxy {
 /// socket, the response head read and rewritten.
 struct RawExchange<'b> {
     req: &'b [u8],
-    up: &'b mut BytesMut,
-    out: &'b mut Vec<u8>,
+    up: BytesMut,
+    out: Vec<u8>,
     head: bool,
     close: bool,
 }
@@ -299,12 +316,16 @@ impl Exchange for RawExchange<'_> {
         endpoint: &'s Endpoint,
         _last: bool,
     ) -> impl Future<Output = Result<Self::Answer, UpstreamError>> + Send + 's {
-        let sent = attempt(&endpoint.client, self.req, self.up, self.out, self.head, self.close);
+        let sent = attempt(&endpoint.client, self.req, &mut self.up, &mut self.out, self.head, self.close);
         endpoint.client.within_request_timeout(sent)
     }
 
     fn status(answer: &Self::Answer) -> StatusCode {
         StatusCode::from_u16(answer.2.status).unwrap_or(StatusCode::BAD_GATEWAY)
+    }
+
+    fn spare(&self) -> Self {
+        RawExchange { req: self.req, up: BytesMut::new(), out: Vec::new(), head: self.head, close: self.close }
     }
 }
 
