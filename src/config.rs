@@ -102,20 +102,31 @@ pub struct RuntimeConfig {
     /// Tokio worker threads. Default 0 = one per CPU core.
     #[serde(default)]
     pub worker_threads: usize,
-    /// After SIGTERM/SIGINT, how long in-flight requests get to finish before Weir exits.
-    /// Default `30s` (Kubernetes' default termination grace period).
+    /// After SIGTERM, how long the traffic listeners keep accepting while `/ready` says 503
+    /// and every response says `Connection: close` (HTTP/2: GOAWAY), before they close.
+    /// Kubernetes removes a terminating pod from its Service's endpoints at the same time
+    /// as it signals it, and every node's proxy takes a moment to follow: new connections
+    /// keep arriving meanwhile. Default `5s`. SIGINT (Ctrl-C) does not wait it.
+    #[serde(default = "default_drain_delay", with = "humantime_serde")]
+    pub drain_delay: Duration,
+    /// Once the listeners closed, how long in-flight requests get to finish before Weir
+    /// exits. Default `20s`: with the drain delay, 25 s, inside Kubernetes' default
+    /// termination grace period of 30 s.
     #[serde(default = "default_shutdown_grace", with = "humantime_serde")]
     pub shutdown_grace: Duration,
 }
 
 impl Default for RuntimeConfig {
     fn default() -> Self {
-        Self { worker_threads: 0, shutdown_grace: default_shutdown_grace() }
+        Self { worker_threads: 0, drain_delay: default_drain_delay(), shutdown_grace: default_shutdown_grace() }
     }
 }
 
+fn default_drain_delay() -> Duration {
+    Duration::from_secs(5)
+}
 fn default_shutdown_grace() -> Duration {
-    Duration::from_secs(30)
+    Duration::from_secs(20)
 }
 
 /// `[listeners.NAME]`: one socket that accepts client traffic (HTTP/1.1 and h2c), with the

@@ -160,20 +160,35 @@ async fn serve(config: Config, path: Option<PathBuf>, banner: Option<Banner>) ->
             }
         }
     });
-    shutdown_signal().await?;
+    let signal = shutdown_signal().await?;
     reloads.abort();
-    tracing::info!("shutting down: draining in-flight requests");
-    running.shutdown().await;
+    match signal {
+        Signal::Terminate => running.terminate().await,
+        Signal::Interrupt => {
+            tracing::info!("shutting down: in-flight requests finish, no drain delay (SIGINT)");
+            running.shutdown().await
+        }
+    }
     tracing::info!("stopped");
     Ok(ExitCode::SUCCESS)
 }
 
-/// Resolves on SIGTERM (Kubernetes) or SIGINT (Ctrl-C).
-async fn shutdown_signal() -> Result<()> {
+/// Which signal asked Weir to stop.
+enum Signal {
+    /// SIGTERM (Kubernetes, systemd, docker stop): drain first.
+    Terminate,
+    /// SIGINT (Ctrl-C): stop without the drain delay.
+    Interrupt,
+}
+
+/// Resolves on SIGTERM or SIGINT.
+async fn shutdown_signal() -> Result<Signal> {
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
-    tokio::select! {
-        _ = term.recv() => {}
-        r = tokio::signal::ctrl_c() => r?,
-    }
-    Ok(())
+    Ok(tokio::select! {
+        _ = term.recv() => Signal::Terminate,
+        r = tokio::signal::ctrl_c() => {
+            r?;
+            Signal::Interrupt
+        }
+    })
 }

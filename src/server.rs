@@ -52,6 +52,8 @@ pub struct Running {
     /// Whether every discovered pool has synced.
     pub sync: Arc<SyncState>,
     ready: Arc<AtomicBool>,
+    drain_delay: std::time::Duration,
+    closing: CancellationToken,
     traffic_cancel: CancellationToken,
     traffic: TaskTracker,
     admin_cancel: CancellationToken,
@@ -79,6 +81,8 @@ pub async fn start_with(config: Config, path: Option<std::path::PathBuf>) -> Res
         (CancellationToken::new(), CancellationToken::new(), CancellationToken::new());
     let traffic = TaskTracker::new();
     let ready = Arc::new(AtomicBool::new(false));
+    // Fired when draining begins: every traffic listener's responses say `Connection: close`.
+    let closing = CancellationToken::new();
 
     // Bind everything before serving anything, so a taken port fails start-up cleanly.
     let bind = |addr: SocketAddr, what: String| async move {
@@ -118,10 +122,9 @@ pub async fn start_with(config: Config, path: Option<std::path::PathBuf>) -> Res
         let addr = socket.local_addr().expect("bound socket has an address");
         tracing::info!(listener = %name, %addr, "listening");
         listeners.insert(name, addr);
-        let conns = listener::Connections {
-            limits: listener::Limits::of(&listener_config),
-            metrics: metrics.listener(&listener_name),
-        };
+        let mut limits = listener::Limits::of(&listener_config);
+        limits.closing = closing.clone();
+        let conns = listener::Connections { limits, metrics: metrics.listener(&listener_name) };
         let proxy = Proxy::new(snapshot.clone(), &metrics, index, &conns.metrics, listener_config.fast_path);
         // Weir's codec reads and checks every HTTP/1 head; it forwards the requests without a
         // body or with a small one itself, and hands the rest to hyper one at a time.
@@ -174,6 +177,8 @@ pub async fn start_with(config: Config, path: Option<std::path::PathBuf>) -> Res
         metrics,
         sync,
         ready,
+        drain_delay: config.runtime.drain_delay,
+        closing,
         traffic_cancel,
         traffic,
         admin_cancel,
@@ -184,11 +189,29 @@ pub async fn start_with(config: Config, path: Option<std::path::PathBuf>) -> Res
 }
 
 impl Running {
-    /// Stops in order: `/ready` turns 503; traffic listeners stop accepting and their
-    /// in-flight requests get the grace period to finish; then the admin API (which answered
-    /// 503 on `/ready` meanwhile) and last the control task end.
+    /// Stops as a terminating pod should (SIGTERM): [`Running::shutdown_after`] the
+    /// configured `runtime.drain_delay`.
+    pub async fn terminate(self) {
+        let delay = self.drain_delay;
+        self.shutdown_after(delay).await;
+    }
+
+    /// Stops without a drain delay (SIGINT, tests): [`Running::shutdown_after`] zero.
     pub async fn shutdown(self) {
+        self.shutdown_after(std::time::Duration::ZERO).await;
+    }
+
+    /// Stops in order: `/ready` turns 503 and every response says `Connection: close`
+    /// (HTTP/2: GOAWAY) while the traffic listeners keep accepting for `drain_delay`; then
+    /// they stop accepting and their in-flight requests get the grace period to finish; then
+    /// the admin API (which answered 503 on `/ready` meanwhile) and last the control task end.
+    pub async fn shutdown_after(self, drain_delay: std::time::Duration) {
         self.ready.store(false, Ordering::Release);
+        self.closing.cancel();
+        if !drain_delay.is_zero() {
+            tracing::info!("draining: still accepting for {drain_delay:?}, asking clients to reconnect");
+            tokio::time::sleep(drain_delay).await;
+        }
         self.traffic_cancel.cancel();
         self.traffic.wait().await;
         self.admin_cancel.cancel();

@@ -94,7 +94,7 @@ impl Drop for Served {
 async fn sigterm_lets_20_slow_requests_finish_refuses_new_ones_and_exits_zero() {
     let slow = Backend::spawn("slow", "v1").await;
     let text = config(&[("v1", &[&slow])], &[("v1", 1)], "")
-        .replace("[listeners.main]", "[runtime]\nshutdown_grace = \"20s\"\n[listeners.main]");
+        .replace("[listeners.main]", "[runtime]\ndrain_delay = \"0s\"\nshutdown_grace = \"20s\"\n[listeners.main]");
     let mut s = serve(&text).await;
     let done = Arc::new(AtomicU64::new(0));
     let mut requests = Vec::new();
@@ -145,6 +145,175 @@ async fn sigterm_lets_20_slow_requests_finish_refuses_new_ones_and_exits_zero() 
     let status = s.exit().await;
     assert!(status.success(), "exit status {status:?}");
     println!("SIGTERM with 20 slow requests in flight: 20 completed with 200, new connections refused, exit 0");
+}
+
+/// Sends one request on `c` and reads its response (a `Content-Length` body): the status and
+/// the head.
+async fn exchange(c: &mut tokio::net::TcpStream, req: &[u8]) -> Result<(u16, String), String> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let read = async {
+        c.write_all(req).await.map_err(|e| format!("write: {e}"))?;
+        let mut buf = Vec::new();
+        let mut chunk = [0u8; 4096];
+        loop {
+            if let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                let head = String::from_utf8_lossy(&buf[..end]).to_string();
+                let status: u16 = head.get(9..12).and_then(|s| s.parse().ok()).ok_or(format!("bad head {head:?}"))?;
+                let length: usize = head
+                    .lines()
+                    .find_map(|l| l.to_ascii_lowercase().strip_prefix("content-length:").map(|v| v.trim().to_owned()))
+                    .and_then(|v| v.parse().ok())
+                    .ok_or(format!("no length in {head:?}"))?;
+                while buf.len() < end + 4 + length {
+                    let n = c.read(&mut chunk).await.map_err(|e| format!("read body: {e}"))?;
+                    if n == 0 {
+                        return Err("closed in the body".into());
+                    }
+                    buf.extend_from_slice(&chunk[..n]);
+                }
+                return Ok((status, head));
+            }
+            let n = c.read(&mut chunk).await.map_err(|e| format!("read: {e}"))?;
+            if n == 0 {
+                return Err(format!("closed before a response ({} bytes)", buf.len()));
+            }
+            buf.extend_from_slice(&chunk[..n]);
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(5), read).await.map_err(|_| "timed out".to_string())?
+}
+
+/// What one client loop saw during a drain.
+#[derive(Debug, Default)]
+struct Seen {
+    ok: u64,
+    failed: Vec<String>,
+    /// Responses that said `Connection: close` (HTTP/1) after SIGTERM.
+    told_to_close: u64,
+    /// HTTP/2 requests sent again after GOAWAY refused them unprocessed.
+    goaway_retries: u64,
+}
+
+/// A client that sends GET after GET until `until`: over one keep-alive connection it
+/// reopens when told to close (as browsers and pooled clients do), or a new connection per
+/// request, or HTTP/2 (hyper's client, which reconnects after GOAWAY).
+async fn client_loop(kind: &'static str, traffic: String, until: tokio::time::Instant) -> Seen {
+    let mut seen = Seen::default();
+    let addr = traffic.trim_start_matches("http://").to_string();
+    let h2 = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+        .http2_only(true)
+        .build_http::<http_body_util::Empty<bytes::Bytes>>();
+    let mut conn: Option<tokio::net::TcpStream> = None;
+    while tokio::time::Instant::now() < until {
+        let result: Result<bool, String> = match kind {
+            "h2" => {
+                // A request the server refused unprocessed by GOAWAY may be sent again (RFC
+                // 9113 §6.8), as browsers, curl and Go do; hyper's client leaves that to us.
+                let mut r = h2.get(traffic.parse().unwrap()).await;
+                if let Err(e) = &r
+                    && format!("{e:?}").contains("GoAway(b\"\", NO_ERROR, Remote)")
+                {
+                    seen.goaway_retries += 1;
+                    r = h2.get(traffic.parse().unwrap()).await;
+                }
+                match r {
+                    Ok(r) if r.status() == 200 => Ok(false),
+                    Ok(r) => Err(format!("status {}", r.status())),
+                    Err(e) => Err(format!("h2: {e:?}")),
+                }
+            }
+            _ => {
+                let fresh = kind == "fresh" || conn.is_none();
+                if fresh {
+                    conn = match tokio::net::TcpStream::connect(&addr).await {
+                        Ok(c) => Some(c),
+                        Err(e) => {
+                            seen.failed.push(format!("connect: {e}"));
+                            continue;
+                        }
+                    };
+                }
+                let close = if kind == "fresh" { "Connection: close\r\n" } else { "" };
+                let req = format!("GET / HTTP/1.1\r\nHost: app\r\n{close}\r\n");
+                let c = conn.as_mut().unwrap();
+                match exchange(c, req.as_bytes()).await {
+                    Ok((status, head)) if status == 200 => {
+                        let says_close = head.to_ascii_lowercase().contains("connection: close");
+                        if says_close || kind == "fresh" {
+                            conn = None;
+                        }
+                        Ok(says_close && kind == "keepalive")
+                    }
+                    Ok((status, _)) => Err(format!("status {status}")),
+                    Err(e) => {
+                        conn = None;
+                        Err(e)
+                    }
+                }
+            }
+        };
+        match result {
+            Ok(told) => {
+                seen.ok += 1;
+                seen.told_to_close += u64::from(told);
+            }
+            Err(e) => seen.failed.push(e),
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    seen
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn clients_that_keep_sending_through_the_drain_delay_see_no_failure() {
+    let b = Backend::spawn("web", "v1").await;
+    let text = config(&[("v1", &[&b])], &[("v1", 1)], "")
+        .replace("[listeners.main]", "[runtime]\ndrain_delay = \"2s\"\nshutdown_grace = \"5s\"\n[listeners.main]");
+    let mut s = serve(&text).await;
+    // Clients run from before SIGTERM until shortly before the drain delay ends (after it,
+    // a Service would no longer send them here).
+    let t0 = tokio::time::Instant::now();
+    let until = t0 + Duration::from_millis(500) + Duration::from_millis(1_700);
+    let mut loops = Vec::new();
+    for kind in ["keepalive", "keepalive", "keepalive", "fresh", "fresh", "fresh", "h2", "h2"] {
+        loops.push((kind, tokio::spawn(client_loop(kind, s.traffic.clone(), until))));
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    s.signal(Signal::SIGTERM);
+    let client = Client::new();
+    let mut not_ready = false;
+    for _ in 0..100 {
+        let req = http::Request::get(format!("{}/ready", s.admin)).body(Default::default()).unwrap();
+        if client.send(req).await.is_ok_and(|r| r.status == 503) {
+            not_ready = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let (mut ok, mut failed, mut told) = (0, Vec::new(), 0);
+    for (kind, l) in loops {
+        let seen = l.await.unwrap();
+        println!(
+            "{kind}: {} ok, {} failed, {} told to close, {} sent again after GOAWAY",
+            seen.ok,
+            seen.failed.len(),
+            seen.told_to_close,
+            seen.goaway_retries
+        );
+        ok += seen.ok;
+        told += seen.told_to_close;
+        failed.extend(seen.failed.into_iter().map(|f| format!("{kind}: {f}")));
+    }
+    assert!(not_ready, "/ready never said 503 after SIGTERM");
+    assert!(failed.is_empty(), "{} failed: {:?}", failed.len(), &failed[..failed.len().min(10)]);
+    assert!(told >= 3, "keep-alive clients were not told to reconnect ({told})");
+    // The drain delay is over: the listener closed, and Weir exits 0.
+    let status = s.exit().await;
+    assert!(status.success(), "exit status {status:?}");
+    assert!(t0.elapsed() >= Duration::from_millis(2_400), "exited before the drain delay ended");
+    println!(
+        "SIGTERM with 8 clients sending through a 2 s drain delay: {ok} ok, 0 failed, {told} told to close, exit 0"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -51,6 +51,10 @@ pub struct Limits {
     pub keepalive: Duration,
     /// Open connections at most.
     pub max_connections: usize,
+    /// Fired when Weir begins to drain (SIGTERM): the listener still accepts, but every
+    /// response from then on says `Connection: close` and HTTP/2 connections get GOAWAY, so
+    /// keep-alive clients reconnect (to another replica, once endpoints have moved on).
+    pub closing: CancellationToken,
 }
 
 impl Limits {
@@ -62,6 +66,7 @@ impl Limits {
             send: config.send_timeout,
             keepalive: config.keepalive_timeout,
             max_connections: config.max_connections,
+            closing: CancellationToken::new(),
         }
     }
 }

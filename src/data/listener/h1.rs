@@ -114,6 +114,7 @@ async fn serve_one<H: Handler, F>(
     let service = {
         let (state, metrics, shared) = (Arc::clone(&state), conns.metrics.clone(), Arc::clone(&shared));
         let body_read = conns.limits.body_read;
+        let closing = conns.limits.closing.clone();
         hyper::service::service_fn(move |req: Request<Incoming>| {
             state.started.fetch_add(1, Ordering::Relaxed);
             state.client_close.store(wants_close(&req), Ordering::Relaxed);
@@ -122,9 +123,14 @@ async fn serve_one<H: Handler, F>(
             if refused {
                 state.refused.store(true, Ordering::Relaxed);
             }
-            let state = Arc::clone(&state);
+            let (state, closing) = (Arc::clone(&state), closing.clone());
             async move {
-                let (resp, closes) = answer.await;
+                let (mut resp, mut closes) = answer.await;
+                // Draining: the response says so, and the client reconnects for the next.
+                if closing.is_cancelled() && !closes {
+                    resp.headers_mut().insert(http::header::CONNECTION, http::HeaderValue::from_static("close"));
+                    closes = true;
+                }
                 if closes {
                     state.refused.store(true, Ordering::Relaxed);
                 }

@@ -56,10 +56,19 @@ pub(super) async fn serve<H: Handler, F>(
     let check_every = (limits.send / 2).clamp(Duration::from_millis(100), Duration::from_secs(1));
     let mut check = tokio::time::interval_at(Instant::now() + check_every, check_every);
     let (mut seen, mut goaway_since) = (0, None::<Instant>);
+    let opened_closing = limits.closing.is_cancelled();
     loop {
         tokio::select! {
             r = conn.as_mut() => return r.map_err(Into::into),
             () = cancel.cancelled(), if goaway_since.is_none() => {
+                conn.as_mut().graceful_shutdown();
+                goaway_since = Some(Instant::now());
+            }
+            // Draining: GOAWAY (hyper's two-step one: streams the client opened before it
+            // saw the final GOAWAY are still served), so the client reconnects elsewhere.
+            // Not to a connection opened while draining: it came here anyway, and would
+            // only be sent round again.
+            () = limits.closing.cancelled(), if goaway_since.is_none() && !opened_closing => {
                 conn.as_mut().graceful_shutdown();
                 goaway_since = Some(Instant::now());
             }

@@ -178,7 +178,7 @@ impl Proxy {
                 Step::Refuse(resp) => return self.refuse(client, peer, resp, &mut bufs.resp).await,
                 Step::Answer { len, close, head, resp } => {
                     buf.advance(len);
-                    let close = close || cancel.is_cancelled();
+                    let close = close || cancel.is_cancelled() || limits.closing.is_cancelled();
                     encode_local(&resp, close, head, &mut bufs.resp);
                     client.write_all(&bufs.resp).await?;
                     if close {
@@ -187,7 +187,8 @@ impl Proxy {
                 }
                 Step::Forward { len, route } => {
                     buf.advance(len);
-                    if !self.exchange(route, client, &mut bufs, cancel, start).await? {
+                    let closing = cancel.is_cancelled() || limits.closing.is_cancelled();
+                    if !self.exchange(route, client, &mut bufs, closing, start).await? {
                         return Ok(Forwarded::Close);
                     }
                 }
@@ -252,17 +253,18 @@ impl Proxy {
     }
 
     /// Sends the request in `bufs.req` upstream (with the general path's retries) and
-    /// forwards the response. `Ok(false)`: the client connection closes after it.
+    /// forwards the response. `Ok(false)`: the client connection closes after it (as it
+    /// does when `closing`: Weir stops or drains).
     async fn exchange(
         &self,
         route: Route<'_>,
         client: &mut ClientIo,
         bufs: &mut Buffers,
-        cancel: &CancellationToken,
+        closing: bool,
         start: Instant,
     ) -> Result<bool, BoxError> {
         let Route { app, version, endpoint, close, idempotent, head } = route;
-        let close = close || cancel.is_cancelled();
+        let close = close || closing;
         let attempts = Attempts::new(app, true, idempotent);
         // The attempt writes into the connection's buffers; a hedge that answers first
         // brings its own, which then take their place.
