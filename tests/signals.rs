@@ -237,7 +237,7 @@ async fn client_loop(kind: &'static str, traffic: String, until: tokio::time::In
                 let req = format!("GET / HTTP/1.1\r\nHost: app\r\n{close}\r\n");
                 let c = conn.as_mut().unwrap();
                 match exchange(c, req.as_bytes()).await {
-                    Ok((status, head)) if status == 200 => {
+                    Ok((200, head)) => {
                         let says_close = head.to_ascii_lowercase().contains("connection: close");
                         if says_close || kind == "fresh" {
                             conn = None;
