@@ -142,6 +142,19 @@ fn weir_probes_use_the_admin_api_and_its_config_passes_check() {
     let text = &cm.data.as_ref().unwrap()["weir.toml"];
     let config = weir::Config::parse(text, "ConfigMap weir-config").unwrap_or_else(|e| panic!("{e}"));
     assert_eq!(config.admin.addr.port(), 9901);
+
+    // Termination: the preStop hook starts Weir's drain through the admin API and waits
+    // for it; the drain delay and the grace period fit in the pod's termination grace.
+    let pre_stop = container.lifecycle.as_ref().and_then(|l| l.pre_stop.as_ref()).expect("a preStop hook");
+    let command = pre_stop.exec.as_ref().and_then(|e| e.command.clone()).expect("an exec preStop");
+    assert_eq!(command[..2], ["/usr/local/bin/weir".to_string(), "shutdown".to_string()]);
+    assert!(command.windows(2).any(|w| w[0] == "--admin" && w[1].ends_with(":9901")), "{command:?}");
+    assert!(command.iter().any(|a| a == "--wait"), "{command:?}");
+    let termination = weir.spec.as_ref().unwrap().template.spec.as_ref().unwrap().termination_grace_period_seconds;
+    let budget = std::time::Duration::from_secs(termination.expect("terminationGracePeriodSeconds") as u64);
+    let needed = config.runtime.drain_delay + config.runtime.shutdown_grace;
+    assert!(needed + std::time::Duration::from_secs(2) <= budget, "drain {needed:?} does not fit in {budget:?}");
+    assert!(!config.runtime.drain_delay.is_zero(), "a drain delay lets endpoint removal propagate");
     let admin_port = container.ports.iter().flatten().find(|p| p.name.as_deref() == Some("admin")).unwrap();
     assert_eq!(admin_port.container_port, 9901);
     // Every Service the config discovers exists, and its port name is one the Service names.
