@@ -55,6 +55,18 @@ enum Command {
         #[arg(long, short)]
         config: PathBuf,
     },
+    /// Ask a running Weir to drain and exit, as SIGTERM does (a Kubernetes preStop hook).
+    Shutdown {
+        /// Its admin API address.
+        #[arg(long, default_value = "127.0.0.1:9901")]
+        admin: SocketAddr,
+        /// Return only once it stopped answering (its drain delay and grace period are over).
+        #[arg(long)]
+        wait: bool,
+        /// Give up waiting after this long.
+        #[arg(long, default_value = "120s", value_parser = humantime::parse_duration)]
+        timeout: std::time::Duration,
+    },
     /// Run a demo backend on one or more addresses (for benchmarks and your own experiments).
     Backend {
         /// Address to listen on (repeat for several).
@@ -112,6 +124,7 @@ fn run(command: Command) -> Result<ExitCode> {
             backends.cancel();
             code
         }),
+        Command::Shutdown { admin, wait, timeout } => runtime(1)?.block_on(shutdown(admin, wait, timeout)),
         Command::Backend { addr, name, version } => runtime(0)?.block_on(async move {
             let cancel = CancellationToken::new();
             for addr in addr {
@@ -160,7 +173,10 @@ async fn serve(config: Config, path: Option<PathBuf>, banner: Option<Banner>) ->
             }
         }
     });
-    let signal = shutdown_signal().await?;
+    let signal = tokio::select! {
+        signal = shutdown_signal() => signal?,
+        () = running.shutdown_requested() => Signal::Terminate,
+    };
     reloads.abort();
     match signal {
         Signal::Terminate => running.terminate().await,
@@ -171,6 +187,39 @@ async fn serve(config: Config, path: Option<PathBuf>, banner: Option<Banner>) ->
     }
     tracing::info!("stopped");
     Ok(ExitCode::SUCCESS)
+}
+
+/// `weir shutdown`: `POST /shutdown` to the admin API, then (with `wait`) polls until it no
+/// longer accepts connections.
+async fn shutdown(admin: SocketAddr, wait: bool, timeout: std::time::Duration) -> Result<ExitCode> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let ask = async {
+        let mut conn = tokio::net::TcpStream::connect(admin).await?;
+        let req = format!("POST /shutdown HTTP/1.1\r\nHost: {admin}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n");
+        conn.write_all(req.as_bytes()).await?;
+        let mut answer = Vec::new();
+        conn.read_to_end(&mut answer).await?;
+        Ok::<_, std::io::Error>(String::from_utf8_lossy(&answer).into_owned())
+    };
+    let answer = tokio::time::timeout(std::time::Duration::from_secs(10), ask)
+        .await
+        .context("the admin API did not answer within 10 s")?
+        .with_context(|| format!("asking {admin} to shut down"))?;
+    let status = answer.split_whitespace().nth(1).unwrap_or("");
+    anyhow::ensure!(status == "202", "POST /shutdown answered {:?}", answer.lines().next().unwrap_or(""));
+    eprintln!("weir at {admin} is draining");
+    if !wait {
+        return Ok(ExitCode::SUCCESS);
+    }
+    let deadline = tokio::time::Instant::now() + timeout;
+    while tokio::time::Instant::now() < deadline {
+        if tokio::net::TcpStream::connect(admin).await.is_err() {
+            eprintln!("weir at {admin} has stopped");
+            return Ok(ExitCode::SUCCESS);
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    }
+    anyhow::bail!("weir at {admin} still answers after {timeout:?}")
 }
 
 /// Which signal asked Weir to stop.

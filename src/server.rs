@@ -52,6 +52,8 @@ pub struct Running {
     /// Whether every discovered pool has synced.
     pub sync: Arc<SyncState>,
     ready: Arc<AtomicBool>,
+    /// Cancelled by the admin API's `POST /shutdown`.
+    shutdown_requested: CancellationToken,
     drain_delay: std::time::Duration,
     closing: CancellationToken,
     traffic_cancel: CancellationToken,
@@ -108,7 +110,9 @@ pub async fn start_with(config: Config, path: Option<std::path::PathBuf>) -> Res
     let sync = Arc::new(SyncState::new(pools.keys().cloned()));
     start_discovery(&config, pools, &control, &sync, &metrics, &control_cancel).await?;
     let admin_addr = admin_socket.local_addr().expect("bound socket has an address");
-    let admin = Admin::new(snapshot.clone(), control.clone(), metrics.clone(), Arc::clone(&ready), Arc::clone(&sync));
+    let shutdown_requested = CancellationToken::new();
+    let admin = Admin::new(snapshot.clone(), control.clone(), metrics.clone(), Arc::clone(&ready), Arc::clone(&sync))
+        .with_shutdown(shutdown_requested.clone());
     let admin_handler = move |req, client| admin.clone().handle(req, client);
     let admin_task = tokio::spawn(listener::serve(admin_socket, admin_handler, admin_cancel.clone(), grace));
 
@@ -177,6 +181,7 @@ pub async fn start_with(config: Config, path: Option<std::path::PathBuf>) -> Res
         metrics,
         sync,
         ready,
+        shutdown_requested,
         drain_delay: config.runtime.drain_delay,
         closing,
         traffic_cancel,
@@ -189,6 +194,11 @@ pub async fn start_with(config: Config, path: Option<std::path::PathBuf>) -> Res
 }
 
 impl Running {
+    /// Resolves when the admin API was asked to shut Weir down (`POST /shutdown`).
+    pub async fn shutdown_requested(&self) {
+        self.shutdown_requested.cancelled().await;
+    }
+
     /// Stops as a terminating pod should (SIGTERM): [`Running::shutdown_after`] the
     /// configured `runtime.drain_delay`.
     pub async fn terminate(self) {

@@ -344,3 +344,36 @@ async fn sighup_reloads_the_config_file() {
     let status = s.exit().await;
     assert!(status.success());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn weir_shutdown_drains_and_waits_as_the_prestop_hook_does() {
+    let b = Backend::spawn("web", "v1").await;
+    let text = config(&[("v1", &[&b])], &[("v1", 1)], "")
+        .replace("[listeners.main]", "[runtime]\ndrain_delay = \"1s\"\nshutdown_grace = \"5s\"\n[listeners.main]");
+    let mut s = serve(&text).await;
+    let admin = s.admin.trim_start_matches("http://").to_string();
+    let t0 = std::time::Instant::now();
+    let hook = tokio::task::spawn_blocking(move || {
+        Command::new(WEIR).args(["shutdown", "--admin", &admin, "--wait"]).output().unwrap()
+    });
+    // Draining: not ready, and traffic still served.
+    let client = Client::new();
+    let mut not_ready = false;
+    for _ in 0..100 {
+        let req = http::Request::get(format!("{}/ready", s.admin)).body(Default::default()).unwrap();
+        if client.send(req).await.is_ok_and(|r| r.status == 503) {
+            not_ready = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    assert!(not_ready, "/ready never said 503 after POST /shutdown");
+    let r = Client::new().get(&s.traffic).await;
+    assert_eq!(r.status, 200, "traffic is still served during the drain delay");
+    assert_eq!(r.headers.get("connection").map(|v| v.to_str().unwrap()), Some("close"));
+    let out = hook.await.unwrap();
+    assert!(out.status.success(), "weir shutdown: {}", String::from_utf8_lossy(&out.stderr));
+    assert!(t0.elapsed() >= Duration::from_secs(1), "returned before the drain delay");
+    let status = s.exit().await;
+    assert!(status.success(), "exit status {status:?}");
+}

@@ -30,6 +30,8 @@ pub struct Admin {
     metrics: Metrics,
     ready: Arc<AtomicBool>,
     sync: Arc<SyncState>,
+    /// Cancelled by `POST /shutdown`: Weir drains and exits, as on SIGTERM.
+    shutdown: tokio_util::sync::CancellationToken,
 }
 
 impl Admin {
@@ -41,7 +43,12 @@ impl Admin {
         ready: Arc<AtomicBool>,
         sync: Arc<SyncState>,
     ) -> Self {
-        Admin { snapshot, control, metrics, ready, sync }
+        Admin { snapshot, control, metrics, ready, sync, shutdown: Default::default() }
+    }
+
+    /// `POST /shutdown` cancels `token` (the server drains and exits on it).
+    pub fn with_shutdown(self, token: tokio_util::sync::CancellationToken) -> Self {
+        Admin { shutdown: token, ..self }
     }
 
     /// Serves one admin request.
@@ -74,6 +81,12 @@ impl Admin {
                 Ok(text(StatusCode::OK, self.metrics.render(), "text/plain; version=0.0.4; charset=utf-8"))
             }
             (["reload"], &Method::POST) => self.reload().await,
+            (["shutdown"], &Method::POST) => {
+                // As SIGTERM: /ready turns 503, the drain delay, then the grace period.
+                tracing::info!("POST /shutdown: draining, then exiting");
+                self.shutdown.cancel();
+                Ok(json_response(StatusCode::ACCEPTED, &json!({ "shutting_down": true })))
+            }
             (["apps"], &Method::GET) => {
                 let snap = self.snapshot.load();
                 Ok(json_response(
@@ -95,7 +108,7 @@ impl Admin {
                 let action = (*action).to_owned();
                 self.change(app, &action, req).await
             }
-            (["reload"], _) => Err(ApiError::method("POST")),
+            (["reload" | "shutdown"], _) => Err(ApiError::method("POST")),
             (["live" | "ready" | "metrics" | "apps"] | ["apps", _] | ["apps", _, "history"], _) => {
                 Err(ApiError::method("GET"))
             }
