@@ -280,7 +280,7 @@ async fn start_discovery(
     }
 }
 
-/// Waits until every endpoint whose version is probed has had its first probe, at most `limit`.
+/// Waits until every endpoint whose version is probed has passed a probe, at most `limit`.
 /// Start-up only: it polls the snapshot.
 async fn first_probes(snapshot: &Routes, limit: std::time::Duration) {
     let deadline = tokio::time::Instant::now() + limit;
@@ -289,9 +289,11 @@ async fn first_probes(snapshot: &Routes, limit: std::time::Duration) {
         // A probed version with no endpoint yet counts as pending too: right after discovery
         // syncs, the control task may not have stored the snapshot with what it listed (a
         // race the tests hit under load). A pool that is really empty waits out `limit`.
+        // An endpoint whose first probe failed (a transient error on a loaded machine) is
+        // pending too, until one passes or `limit`: serving before would answer 503.
         let pending = snap.apps.iter().flat_map(|a| a.versions.iter()).filter(|v| v.probe.is_some()).any(|v| {
             let endpoints = v.pool.endpoints();
-            endpoints.is_empty() || endpoints.iter().any(|e| e.state.record().last_probe.is_none())
+            endpoints.is_empty() || endpoints.iter().any(|e| !e.state.ever_up())
         });
         if !pending || tokio::time::Instant::now() >= deadline {
             return;
