@@ -218,7 +218,7 @@ impl Exchange for HyperExchange {
             Request::from_parts(h, body)
         };
         async move {
-            let (resp, lease) = endpoint.client.send(req).await?;
+            let (resp, lease) = endpoint.client.exchange(req).await?;
             let (mut parts, body) = resp.into_parts();
             // Refused: the connection is not reused (the lease drops unreleased).
             let check = crate::data::http1::check_response(parts.status, &mut parts.headers, self.is_head)

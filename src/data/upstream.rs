@@ -196,14 +196,20 @@ impl HttpClient {
     ) -> Result<T, UpstreamError> {
         match tokio::time::timeout(self.timeouts.request, exchange).await {
             Ok(result) => result,
-            Err(_) => Err(UpstreamError::new(
-                UpstreamErrorKind::Timeout,
-                format!("no response headers within {:?}", self.timeouts.request),
-            )),
+            Err(_) => Err(self.timed_out()),
         }
     }
 
-    async fn exchange(
+    /// The error of an exchange that got no response head within the request timeout.
+    pub fn timed_out(&self) -> UpstreamError {
+        UpstreamError::new(
+            UpstreamErrorKind::Timeout,
+            format!("no response headers within {:?}", self.timeouts.request),
+        )
+    }
+
+    /// [`HttpClient::send`] without the request timeout: the caller applies it.
+    pub async fn exchange(
         &self,
         mut req: http::Request<RequestBody>,
     ) -> Result<(http::Response<Incoming>, Lease), UpstreamError> {

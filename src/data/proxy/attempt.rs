@@ -21,7 +21,8 @@ pub(super) trait Exchange: Sized {
     /// What an attempt that got a response head yields.
     type Answer;
     /// Sends the request to `endpoint` once and reads the response head. `last`: no attempt
-    /// will follow (a body that cannot be sent twice may go now).
+    /// will follow (a body that cannot be sent twice may go now). The request timeout is
+    /// the caller's ([`drive`]): one timer per attempt serves it and the hedge delay.
     fn send<'s>(
         &'s mut self,
         endpoint: &'s Endpoint,
@@ -62,7 +63,7 @@ pub(super) async fn drive<'a, X: Exchange>(
         let in_flight = InFlight::start(&endpoint.state);
         let raced = match attempts.hedge_delay(app, version) {
             Some(delay) => race(app, version, endpoint, &mut attempts, exchange, delay).await,
-            None => match exchange.send(endpoint, attempts.left == 0).await {
+            None => match endpoint.client.within_request_timeout(exchange.send(endpoint, attempts.left == 0)).await {
                 Ok(answer) => Raced::First(answer),
                 Err(e) => Raced::Failed(e, endpoint),
             },
@@ -136,16 +137,30 @@ async fn race<'a, X: Exchange>(
     delay: Duration,
 ) -> Raced<'a, X::Answer, X> {
     let mut spare = exchange.spare();
+    let timeout = endpoint.client.timeouts.request;
+    let give_up = tokio::time::Instant::now() + timeout;
     let first = exchange.send(endpoint, false);
     tokio::pin!(first);
+    // One timer: the hedge delay, then the first attempt's request timeout.
+    let timer = tokio::time::sleep(delay.min(timeout));
+    tokio::pin!(timer);
     tokio::select! {
         biased;
         r = &mut first => return match r {
             Ok(answer) => Raced::First(answer),
             Err(e) => Raced::Failed(e, endpoint),
         },
-        () = tokio::time::sleep(delay) => {}
+        () = &mut timer => {}
     }
+    timer.as_mut().reset(give_up);
+    let first = async {
+        tokio::select! {
+            biased;
+            r = &mut first => r,
+            () = &mut timer => Err(endpoint.client.timed_out()),
+        }
+    };
+    tokio::pin!(first);
     let Some(other) = attempts.hedge(app, version, endpoint) else {
         return match first.await {
             Ok(answer) => Raced::First(answer),
@@ -163,7 +178,7 @@ async fn race<'a, X: Exchange>(
         Failed(UpstreamError, bool),
     }
     let won = {
-        let second = spare.send(other, false);
+        let second = other.client.within_request_timeout(spare.send(other, false));
         tokio::pin!(second);
         tokio::select! {
             r = &mut first => match r {

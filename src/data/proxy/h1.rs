@@ -318,8 +318,7 @@ impl Exchange for RawExchange<'_> {
         endpoint: &'s Endpoint,
         _last: bool,
     ) -> impl Future<Output = Result<Self::Answer, UpstreamError>> + Send + 's {
-        let sent = attempt(&endpoint.client, self.req, &mut self.up, &mut self.out, self.head, self.close);
-        endpoint.client.within_request_timeout(sent)
+        attempt(&endpoint.client, self.req, &mut self.up, &mut self.out, self.head, self.close)
     }
 
     fn status(answer: &Self::Answer) -> StatusCode {
