@@ -4,6 +4,7 @@
 //! after the new snapshot is stored. Every refusal is a 4xx with a JSON body saying what is
 //! wrong, and changes nothing.
 
+mod json;
 mod request;
 mod view;
 

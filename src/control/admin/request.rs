@@ -8,6 +8,7 @@ use http_body_util::{BodyExt, Limited};
 use serde::Deserialize;
 use serde_json::json;
 
+use super::json::{self, Invalid};
 use crate::control::{ControlError, ReloadError};
 use crate::data::proxy::ResponseBody;
 
@@ -85,12 +86,17 @@ impl ApiError {
         ApiError { close: true, ..self }
     }
 
-    /// The JSON response.
-    pub fn into_response(self) -> Response<ResponseBody> {
+    /// The documented error shape: `{"error":{"code":..,"message":..,"details":[{"field":..,
+    /// "message":..}]}}`.
+    pub fn body(&self) -> serde_json::Value {
         let details: Vec<_> =
             self.details.iter().map(|(field, message)| json!({ "field": field, "message": message })).collect();
-        let body = json!({ "error": { "code": self.code, "message": self.message, "details": details } });
-        let mut resp = super::json_response(self.status, &body);
+        json!({ "error": { "code": self.code, "message": self.message, "details": details } })
+    }
+
+    /// The JSON response.
+    pub fn into_response(self) -> Response<ResponseBody> {
+        let mut resp = super::json_response(self.status, &self.body());
         if let Some(allow) = self.allow {
             resp.headers_mut().insert(header::ALLOW, header::HeaderValue::from_static(allow));
         }
@@ -141,6 +147,20 @@ impl From<ReloadError> for ApiError {
                 ApiError { details, ..ApiError::new(StatusCode::BAD_REQUEST, "invalid_config", message) }
             }
         }
+    }
+}
+
+/// Every refusal of a body that is not what the call takes (see [`json`]) is a 400 that
+/// names the field, when there is one.
+impl From<Invalid> for ApiError {
+    fn from(e: Invalid) -> Self {
+        let message = e.to_string();
+        let (code, detail) = match e {
+            Invalid::NotUtf8 | Invalid::NotAnObject(_) => ("invalid_json", None),
+            Invalid::Duplicate { path } => ("duplicate_key", Some((path, "occurs more than once".to_owned()))),
+            Invalid::Json { path, message } => ("invalid_json", (!path.is_empty()).then_some((path, message))),
+        };
+        ApiError { details: detail.into_iter().collect(), ..ApiError::new(StatusCode::BAD_REQUEST, code, message) }
     }
 }
 
@@ -202,7 +222,5 @@ pub async fn json_body<T: serde::de::DeserializeOwned>(
             format!("Content-Type must be application/json, not {:?}", content_type.unwrap_or_default()),
         ));
     }
-    serde_json::from_slice(&bytes)
-        .map(Some)
-        .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "invalid_json", format!("invalid JSON body: {e}")))
+    Ok(Some(json::from_slice(&bytes)?))
 }
