@@ -1,9 +1,14 @@
-//! The HTTP/1 field rules every path applies, on raw bytes: which request heads are refused
-//! ([`check_request`]), `Connection` tokens, `Content-Length` and `Transfer-Encoding` values.
+//! The HTTP/1 field rules every path applies, on raw bytes: where a request head ends and how
+//! large it may be ([`parse_request`]), which request heads are refused ([`check_request`]),
+//! `Connection` tokens, `Content-Length` and `Transfer-Encoding` values.
 //! One implementation each, used by Weir's codec (on `httparse` fields), by hyper's path (on
 //! `HeaderMap`s, for requests hyper parsed itself) and by header rewriting.
 
+mod head;
+
 use http::StatusCode;
+
+pub use head::{MAX_HEAD, MAX_HEADERS, Refusal, head_ended, oversized, parse_request};
 
 /// The comma-separated, trimmed, non-empty tokens of some field values.
 pub fn tokens<'v>(values: impl Iterator<Item = &'v [u8]>) -> impl Iterator<Item = &'v [u8]> {

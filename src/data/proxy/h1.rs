@@ -29,6 +29,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::attempt::{self, Attempts, Exchange, Sent};
 use super::{Proxy, ResponseBody};
+use crate::data::http1::{self, MAX_HEAD, MAX_HEADERS};
 use crate::data::listener::{ClientIo, Forward, Forwarded, HeadTimeout, Limits, PARK_AFTER, Peer};
 use crate::data::pool::Endpoint;
 use crate::data::snapshot::{App, Snapshot, Version};
@@ -37,10 +38,6 @@ use response::Framing;
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
-/// Fields per head, as hyper allows.
-const MAX_HEADERS: usize = 100;
-/// A head longer than this is refused: 431 to a client, 502 for an upstream's.
-const MAX_HEAD: usize = 64 * 1024;
 /// Read size for heads.
 const HEAD_CHUNK: usize = 4096;
 /// Read size for bodies.
@@ -131,7 +128,8 @@ impl Proxy {
             let mut timing = false;
             while if need > 0 { buf.len() < need } else { !head::head_ended(&buf, searched) } {
                 if need == 0 && buf.len() > MAX_HEAD {
-                    let resp = refusal(StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE, "request head over 64 KiB");
+                    let too_large = http1::oversized(&buf);
+                    let resp = refusal(too_large.status, &too_large.why);
                     return self.refuse(client, peer, resp, &mut bufs.resp).await;
                 }
                 searched = buf.len();
@@ -221,20 +219,10 @@ impl Proxy {
     /// is whole. No I/O.
     fn prepare<'s>(&self, snap: &'s Snapshot, buf: &[u8], peer: &Peer, out: &mut Vec<u8>) -> Step<'s> {
         let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
-        let mut req = httparse::Request::new(&mut headers);
-        let len = match req.parse(buf) {
-            Ok(httparse::Status::Complete(len)) => len,
-            Ok(httparse::Status::Partial) => {
-                return Step::Refuse(refusal(StatusCode::BAD_REQUEST, "a request head that does not parse"));
-            }
-            Err(httparse::Error::TooManyHeaders) => {
-                return Step::Refuse(refusal(StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE, "over 100 header fields"));
-            }
-            Err(e) => return Step::Refuse(refusal(StatusCode::BAD_REQUEST, &format!("invalid request head: {e}"))),
+        let (req, len) = match http1::parse_request(buf, &mut headers) {
+            Ok(parsed) => parsed,
+            Err(refused) => return Step::Refuse(refusal(refused.status, &refused.why)),
         };
-        if len > MAX_HEAD {
-            return Step::Refuse(refusal(StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE, "request head over 64 KiB"));
-        }
         let (body, host, close, idempotent, head) = match request::inspect(&req) {
             request::Request::Forward { .. } if !self.fast => return Step::Fallback("the fast path is off"),
             request::Request::Forward { body, host, close, idempotent, head } => (body, host, close, idempotent, head),

@@ -56,35 +56,12 @@ pub(super) fn number(out: &mut Vec<u8>, n: u64) {
     out.extend_from_slice(&digits[i..]);
 }
 
-/// Whether `buf` holds the empty line that ends a head (CRLF or bare LF line ends), looking
-/// from about `from` on (bytes before it were already searched).
-pub fn head_ended(buf: &[u8], from: usize) -> bool {
-    let tail = buf.get(from.saturating_sub(2)..).unwrap_or_default();
-    tail.iter().enumerate().any(|(i, &b)| {
-        b == b'\n'
-            && match tail.get(i + 1) {
-                Some(b'\n') => true,
-                Some(b'\r') => tail.get(i + 2) == Some(&b'\n'),
-                _ => false,
-            }
-    })
-}
+/// Where a head ends: the same rule for request and response heads, and for every codec.
+pub use crate::data::http1::head_ended;
 
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn finds_the_end_of_a_head_across_reads() {
-        let raw = b"GET / HTTP/1.1\r\nHost: a\r\n\r\n";
-        assert!(head_ended(raw, 0));
-        for split in 1..raw.len() {
-            assert!(!head_ended(&raw[..split], 0), "{split}");
-            assert!(head_ended(raw, split), "{split}");
-        }
-        assert!(head_ended(b"GET / HTTP/1.1\nHost: a\n\n", 0));
-        assert!(head_ended(b"GET / HTTP/1.1\nHost: a\n\r\n", 0));
-    }
 
     #[test]
     fn writes_numbers() {
