@@ -113,8 +113,7 @@ pub async fn start_with(config: Config, path: Option<std::path::PathBuf>) -> Res
     let shutdown_requested = CancellationToken::new();
     let admin = Admin::new(snapshot.clone(), control.clone(), metrics.clone(), Arc::clone(&ready), Arc::clone(&sync))
         .with_shutdown(shutdown_requested.clone());
-    let admin_handler = move |req, client| admin.clone().handle(req, client);
-    let admin_task = tokio::spawn(listener::serve(admin_socket, admin_handler, admin_cancel.clone(), grace));
+    let admin_task = tokio::spawn(admin.serve(admin_socket, admin_cancel.clone(), grace));
 
     // Opened once discovery has listed every pool and `/ready` says so: traffic never
     // precedes readiness. (A cancelled token is a one-shot latch every listener can await.)

@@ -10,18 +10,27 @@ mod view;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
 
-use crate::data::listener::ClientBody;
+use bytes::Bytes;
 use http::{Method, Request, Response, StatusCode, header};
 use serde_json::json;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
 
 use crate::control::discovery::SyncState;
 use crate::control::{Change, ChangeRequest, ControlError, ControlHandle};
+use crate::data::listener::{self, CheckHeads, ClientBody, ConnMetrics, Connections, Limits};
 use crate::data::proxy::ResponseBody;
 use crate::data::snapshot::Routes;
 use crate::metrics::Metrics;
 
-pub use request::{ApiError, BODY_LIMIT};
+pub use request::{ApiError, BODY_LIMIT, BODY_TIMEOUT};
+
+/// A request head on the admin listener must arrive whole within this, or it is answered 408
+/// and the connection closes. Shorter than a traffic listener's default (30 s): admin clients
+/// are scripts and operators on a near network, and every held connection is a task.
+pub const HEADER_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Everything the admin handlers need. Cheap to clone.
 #[derive(Debug, Clone)]
@@ -50,6 +59,19 @@ impl Admin {
     /// `POST /shutdown` cancels `token` (the server drains and exits on it).
     pub fn with_shutdown(self, token: tokio_util::sync::CancellationToken) -> Self {
         Admin { shutdown: token, ..self }
+    }
+
+    /// Serves the admin API on `socket` until `cancel` fires (then in-flight calls get
+    /// `grace`). Each HTTP/1 request head is read within [`HEADER_TIMEOUT`] and checked by the
+    /// traffic listeners' rules before hyper reads it ([`CheckHeads`]), and bodies must arrive
+    /// within [`BODY_TIMEOUT`]; every refusal, the HTTP layer's included, is answered in the
+    /// JSON error shape.
+    pub async fn serve(self, socket: TcpListener, cancel: CancellationToken, grace: Duration) {
+        let limits = Limits { header_read: HEADER_TIMEOUT, body_read: BODY_TIMEOUT, ..Limits::default() };
+        let conns = Connections { limits, metrics: ConnMetrics::unregistered() };
+        let heads = CheckHeads::new(refusal, &conns.metrics);
+        let handler = move |req, client| self.clone().handle(req, client);
+        listener::serve_with(socket, handler, Some(heads), conns, cancel, grace).await;
     }
 
     /// Serves one admin request.
@@ -159,6 +181,21 @@ impl Admin {
     }
 }
 
+/// The admin API's wording of a refusal by the HTTP layer (a head refused for its framing or
+/// size, or not whole in time): the JSON error shape every other refusal has, with a code
+/// for the status.
+fn refusal(status: StatusCode, why: &str) -> (&'static str, Bytes) {
+    let code = match status {
+        StatusCode::METHOD_NOT_ALLOWED => "method_not_allowed",
+        StatusCode::REQUEST_TIMEOUT => "request_timeout",
+        StatusCode::URI_TOO_LONG => "uri_too_long",
+        StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE => "header_too_large",
+        StatusCode::NOT_IMPLEMENTED => "not_implemented",
+        _ => "bad_request",
+    };
+    ("application/json", json_text(&ApiError::new(status, code, why).body()).into())
+}
+
 fn allowed(action: &str) -> Method {
     if action == "split" { Method::PUT } else { Method::POST }
 }
@@ -171,9 +208,13 @@ fn text(status: StatusCode, body: impl Into<bytes::Bytes>, content_type: &'stati
 }
 
 fn json_response(status: StatusCode, value: &serde_json::Value) -> Response<ResponseBody> {
+    text(status, json_text(value), "application/json")
+}
+
+fn json_text(value: &serde_json::Value) -> String {
     let mut body = serde_json::to_string_pretty(value).expect("JSON values serialize");
     body.push('\n');
-    text(status, body, "application/json")
+    body
 }
 
 fn with_etag(mut resp: Response<ResponseBody>, revision: u64) -> Response<ResponseBody> {

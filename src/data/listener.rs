@@ -8,6 +8,7 @@
 //! a task, no buffers.
 
 mod body;
+mod check;
 mod h1;
 mod h2;
 mod io;
@@ -18,7 +19,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
-use http::{HeaderValue, Request, Response};
+use http::{HeaderValue, Request, Response, StatusCode};
 use http_body::Body;
 use prometheus::{IntCounter, IntGauge};
 use tokio::net::{TcpListener, TcpStream};
@@ -27,6 +28,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 pub use body::{ClientBody, ClientBodyError};
+pub use check::CheckHeads;
 pub use io::ClientIo;
 
 use crate::config::ListenerConfig;
@@ -198,6 +200,17 @@ pub enum Forwarded {
     Fallback,
 }
 
+/// How a listener words its answer to a request it refuses itself, for its framing or size
+/// (from the status and the reason): the content type and the body. One function per
+/// listener, used by its codec and by the checks of hyper's turn alike: traffic listeners
+/// answer in text ([`text_refusal`]), the admin API in its JSON error shape.
+pub type Wording = fn(StatusCode, &str) -> (&'static str, Bytes);
+
+/// The traffic listeners' wording of a refusal: `weir: {why}` in plain text.
+pub fn text_refusal(_: StatusCode, why: &str) -> (&'static str, Bytes) {
+    ("text/plain; charset=utf-8", Bytes::from(format!("weir: {why}\n")))
+}
+
 /// Weir's HTTP/1 codec, which reads every request head on a connection first: it forwards
 /// the requests it can itself and hands the others to hyper one at a time, at their first
 /// byte. It reads from `io` (after `io.prefix`) and hands back, in `io.prefix`, whatever it
@@ -211,6 +224,11 @@ pub trait Forward: Send + Sync + 'static {
         limits: &Limits,
         cancel: &CancellationToken,
     ) -> impl Future<Output = Result<Forwarded, BoxError>> + Send;
+
+    /// How this listener words its refusals: text unless the codec says otherwise.
+    fn wording(&self) -> Wording {
+        text_refusal
+    }
 }
 
 /// No codec ahead of hyper: hyper serves every request (the admin API, the demo backends).

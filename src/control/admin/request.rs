@@ -1,6 +1,7 @@
 //! Parsing admin requests, and admin errors with their status codes.
 
 use std::collections::BTreeMap;
+use std::time::Duration;
 
 use crate::data::listener::ClientBody;
 use http::{HeaderMap, Request, Response, StatusCode, header};
@@ -10,10 +11,17 @@ use serde_json::json;
 
 use super::json::{self, Invalid};
 use crate::control::{ControlError, ReloadError};
+use crate::data::listener::ClientBodyError;
 use crate::data::proxy::ResponseBody;
 
 /// Largest admin request body accepted, in bytes.
 pub const BODY_LIMIT: usize = 64 * 1024;
+
+/// An admin request body must arrive whole within this once its call starts reading it (and
+/// no read may wait longer either): a client that declares more than it sends, or sends a
+/// byte at a time, is answered 408 and the connection closes, rather than holding it (and a
+/// task) open.
+pub const BODY_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// `PUT /apps/{app}/split`.
 #[derive(Debug, Deserialize)]
@@ -193,12 +201,22 @@ pub async fn json_body<T: serde::de::DeserializeOwned>(
         return Err(too_large());
     }
     let content_type = req.headers().get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).map(str::to_owned);
-    let bytes = Limited::new(req.into_body(), BODY_LIMIT)
-        .collect()
+    let timed_out = || {
+        ApiError::new(
+            StatusCode::REQUEST_TIMEOUT,
+            "body_timeout",
+            format!("the request body did not arrive whole within {}s", BODY_TIMEOUT.as_secs()),
+        )
+    };
+    let read = tokio::time::timeout(BODY_TIMEOUT, Limited::new(req.into_body(), BODY_LIMIT).collect());
+    let bytes = read
         .await
+        .map_err(|_| timed_out())?
         .map_err(|e| {
             if e.is::<http_body_util::LengthLimitError>() {
                 too_large()
+            } else if matches!(ClientBodyError::in_chain(e.as_ref()), Some(ClientBodyError::Timeout)) {
+                timed_out()
             } else {
                 ApiError::new(StatusCode::BAD_REQUEST, "bad_body", format!("reading the body failed: {e}"))
             }

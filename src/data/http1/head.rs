@@ -121,7 +121,7 @@ mod tests {
         assert_eq!(status(big.as_bytes()), Err(431));
         let long = format!("GET /{} HTTP/1.1\r\n\r\n", "a".repeat(MAX_HEAD));
         assert_eq!(status(long.as_bytes()), Err(414));
-        assert_eq!(oversized(long[..MAX_HEAD].as_bytes()).status, StatusCode::URI_TOO_LONG);
-        assert_eq!(oversized(big[..MAX_HEAD].as_bytes()).status, StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE);
+        assert_eq!(oversized(&long.as_bytes()[..MAX_HEAD]).status, StatusCode::URI_TOO_LONG);
+        assert_eq!(oversized(&big.as_bytes()[..MAX_HEAD]).status, StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE);
     }
 }

@@ -18,6 +18,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::{
     BoxError, ClientBody, ClientIo, Forward, Forwarded, Handler, HeadTimeout, Limits, PARK_AFTER, Peer, Shared,
+    Wording, text_refusal,
 };
 use crate::data::http1::{self, Connection};
 use crate::data::listener::ConnMetrics;
@@ -101,7 +102,7 @@ enum Handed {
 /// Should hyper read a pipelined head meanwhile, that request is checked by the same rules
 /// ([`checked`]). The connection is handed back only if the request body was read to its
 /// end: otherwise the rest of the body would be read as the next request.
-async fn serve_one<H: Handler, F>(
+async fn serve_one<H: Handler, F: Forward>(
     io: ClientIo,
     shared: Arc<Shared<H, F>>,
     peer: Peer,
@@ -213,7 +214,7 @@ type Turned<B> = Response<Either<B, Full<Bytes>>>;
 /// ([`checked`]) and answered here if refused, otherwise handed to the handler with a
 /// [`ClientBody`] that sets `complete` once read to its end. Returns whether it was refused,
 /// and the response with whether hyper will end it by closing ([`response_closes`]).
-fn dispatch<H: Handler, F>(
+fn dispatch<H: Handler, F: Forward>(
     shared: &Shared<H, F>,
     req: Request<Incoming>,
     peer: &Peer,
@@ -221,7 +222,8 @@ fn dispatch<H: Handler, F>(
     body_read: std::time::Duration,
     complete: &Arc<AtomicBool>,
 ) -> (bool, impl Future<Output = (Turned<H::Body>, bool)> + Send + use<H, F>) {
-    let refused = checked(&req, metrics, peer);
+    let wording = shared.forward.as_ref().map_or(text_refusal as Wording, Forward::wording);
+    let refused = checked(&req, metrics, peer, wording);
     let http10 = req.version() == http::Version::HTTP_10;
     let req = req.map(|b| ClientBody::new(b, body_read, Some(Arc::clone(complete))));
     let handled = refused.is_none().then(|| shared.handler.call(req, peer.clone()));
@@ -238,20 +240,27 @@ fn dispatch<H: Handler, F>(
 }
 
 /// Checks a request hyper parsed with the rules Weir's codec applies
-/// ([`http1::check_request`]); a refused one is answered here, with `Connection: close`.
-fn checked<B>(req: &Request<Incoming>, metrics: &ConnMetrics, peer: &Peer) -> Option<Response<Either<B, Full<Bytes>>>> {
+/// ([`http1::check_request`]); a refused one is answered here, in the listener's `wording`,
+/// with `Connection: close`.
+fn checked<B>(
+    req: &Request<Incoming>,
+    metrics: &ConnMetrics,
+    peer: &Peer,
+    wording: Wording,
+) -> Option<Response<Either<B, Full<Bytes>>>> {
     let head: usize = req.headers().iter().map(|(n, v)| n.as_str().len() + v.len() + 4).sum();
-    let (status, why) = if head > 64 * 1024 {
+    let (status, why) = if head > http1::MAX_HEAD {
         (http::StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE, "request head over 64 KiB")
     } else {
         http1::check_parsed(req).err()?
     };
     metrics.errors.bad_request.inc();
     tracing::info!(client = %peer.addr, status = status.as_u16(), "refused a request: {why}");
-    let mut resp = Response::new(Either::Right(Full::new(Bytes::from(format!("weir: {why}\n")))));
+    let (content_type, body) = wording(status, why);
+    let mut resp = Response::new(Either::Right(Full::new(body)));
     *resp.status_mut() = status;
     let headers = resp.headers_mut();
-    headers.insert(http::header::CONTENT_TYPE, http::HeaderValue::from_static("text/plain; charset=utf-8"));
+    headers.insert(http::header::CONTENT_TYPE, http::HeaderValue::from_static(content_type));
     headers.insert(http::header::CONNECTION, http::HeaderValue::from_static("close"));
     Some(resp)
 }
@@ -293,7 +302,7 @@ struct Activity {
 /// the connection goes quiet (returns the socket to park, and whether any request was served)
 /// or ends (`None`). The connection also closes, rather than parks, when a request body was
 /// not read to its end.
-async fn serve_until_quiet<H: Handler, F>(
+async fn serve_until_quiet<H: Handler, F: Forward>(
     io: ClientIo,
     shared: Arc<Shared<H, F>>,
     peer: Peer,
