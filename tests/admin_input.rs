@@ -302,6 +302,66 @@ async fn http_layer_refusals_are_in_json_too() {
     weir.shutdown().await;
 }
 
+/// A refusal hyper's own turn raises (a head pipelined behind a request hyper serves, which
+/// hyper may read itself) has the same shape, whichever reads it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pipelined_refusals_are_in_json() {
+    let (weir, _b) = two_versions(90, 10).await;
+    let (_, admin) = urls(&weir);
+    let client = Client::new();
+    let before = state(&client, &admin, &weir).await;
+    let body = r#"{"weights":{"v1":1,"v2":99}}"#;
+    // The split as it is (accepted, records nothing), with a chunked body.
+    let same = r#"{"weights":{"v1":90,"v2":10}}"#;
+    let chunked = format!(
+        "PUT /apps/web/split HTTP/1.1\r\nHost: a\r\nContent-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\n\
+         {:x}\r\n{same}\r\n0\r\n\r\n",
+        same.len()
+    );
+    let firsts: [&[u8]; 2] = [b"GET /live HTTP/1.1\r\nHost: a\r\n\r\n", chunked.as_bytes()];
+    let seconds = [
+        // hyper takes these (it drops the second Content-Length, and one beside
+        // Transfer-Encoding); Weir's rules do not.
+        raw_split("/apps/web/split", &format!("Content-Length: {}\r\n", body.len())),
+        raw_split("/apps/web/split", "Transfer-Encoding: chunked\r\n"),
+        raw_split("/apps/web/split", "Content_Length: 3\r\n"),
+        // hyper refuses these itself.
+        raw_split("/apps/web/split", "X-A: a\0b\r\n"),
+        raw_split("/apps/web/split<", ""),
+    ];
+    let mut failures = Vec::new();
+    for first in firsts {
+        for second in &seconds {
+            let what = format!("{:?} then {:?}", String::from_utf8_lossy(first), String::from_utf8_lossy(second));
+            let mut c = RawConn::connect(weir.admin).await;
+            c.send_in_background([first, second.as_slice()].concat());
+            let mut check = async || -> Result<(), String> {
+                let one = c.response(false, Duration::from_secs(5)).await.map_err(|e| format!("{e:?}"))?;
+                if one.status != 200 {
+                    return Err(format!("first: {one}"));
+                }
+                let two = c.response(false, Duration::from_secs(5)).await.map_err(|e| format!("second: {e:?}"))?;
+                raw_shape(&two)?;
+                if two.status != 400 {
+                    return Err(format!("second: {two}"));
+                }
+                if c.wait_closed(Duration::from_secs(5)).await.is_none() {
+                    return Err("the connection stayed open".into());
+                }
+                Ok(())
+            };
+            if let Err(e) = check().await {
+                failures.push(format!("{what}: {e}"));
+            }
+            if state(&client, &admin, &weir).await != before {
+                failures.push(format!("{what}: changed something"));
+            }
+        }
+    }
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
+    weir.shutdown().await;
+}
+
 /// A body cut short (the client declares more than it sends, then waits) is answered or the
 /// connection closed within the admin deadline, never held; so is a head cut short.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -4,6 +4,7 @@
 //! One implementation each, used by Weir's codec (on `httparse` fields), by hyper's path (on
 //! `HeaderMap`s, for requests hyper parsed itself) and by header rewriting.
 
+pub mod chunked;
 mod head;
 
 use http::StatusCode;

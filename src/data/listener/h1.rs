@@ -16,6 +16,7 @@ use tokio::sync::Notify;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
+use super::io::Fence;
 use super::{
     BoxError, ClientBody, ClientIo, Forward, Forwarded, Handler, HeadTimeout, Limits, PARK_AFTER, Peer, Shared,
     Wording, text_refusal,
@@ -62,7 +63,7 @@ pub(super) async fn serve<H: Handler, F: Forward>(
         match Box::pin(forward.forward(&mut io, &peer, limits, &cancel)).await? {
             Forwarded::Park => continue,
             Forwarded::Close => return Box::pin(close(io)).await,
-            Forwarded::Fallback => {}
+            Forwarded::Fallback => io.fence = request_end(&io.prefix).map(Box::new),
         }
         let one = Box::pin(serve_one(io, Arc::clone(&shared), peer.clone(), &cancel));
         match one.await? {
@@ -71,6 +72,19 @@ pub(super) async fn serve<H: Handler, F: Forward>(
             Handed::Gone => return Ok(()),
         }
     }
+}
+
+/// Where the request at the front of `pending` ends (its head is whole and was checked by
+/// the codec): hyper, which serves it, reads no further ([`Fence`]). Parsed again here, on the
+/// general path only, rather than carried out of every codec.
+fn request_end(pending: &[u8]) -> Option<Fence> {
+    let mut headers = [httparse::EMPTY_HEADER; http1::MAX_HEADERS];
+    let (req, len) = http1::parse_request(pending, &mut headers).ok()?;
+    let line = http1::RequestLine::new(req.method?.as_bytes(), req.path?.as_bytes());
+    let fields = req.headers.iter().map(|h| (h.name.as_bytes(), h.value));
+    let framing = http1::check_request(req.version? == 1, line, fields).ok()?;
+    let len = len as u64;
+    Some(if framing.chunked { Fence::chunked(len) } else { Fence::length(len + framing.length.unwrap_or(0)) })
 }
 
 /// Waits, parked, for the client's next bytes: `true` when they came, `false` when the
@@ -99,9 +113,11 @@ enum Handed {
 /// Serves the request at the front of `io.prefix` (a whole head the codec checked) with a
 /// hyper connection, and takes the socket back once its response was sent: hyper is told to
 /// stop as soon as the response head is out (after it, so the head does not say `close`).
-/// Should hyper read a pipelined head meanwhile, that request is checked by the same rules
-/// ([`checked`]). The connection is handed back only if the request body was read to its
-/// end: otherwise the rest of the body would be read as the next request.
+/// hyper reads no further than that request's end (`io.fence`, set by [`serve`]): a head
+/// pipelined behind it is the codec's to read and check, never hyper's (whose own rules
+/// differ). Should hyper read one all the same (no fence), that request is checked by the
+/// codec's rules ([`checked`]). The connection is handed back only if the request body was
+/// read to its end: otherwise the rest of the body would be read as the next request.
 async fn serve_one<H: Handler, F: Forward>(
     io: ClientIo,
     shared: Arc<Shared<H, F>>,
@@ -168,6 +184,7 @@ async fn serve_one<H: Handler, F: Forward>(
     }
     let parts = conn.into_parts();
     let mut io = parts.io.into_inner();
+    io.fence = None;
     keep_open.store(false, Ordering::Relaxed);
     if state.started.load(Ordering::Relaxed) == 0 {
         return Ok(Handed::Gone);

@@ -13,7 +13,6 @@
 //! to the general path, hyper, with its bytes unread, one request at a time: the routing,
 //! retries, health and metrics are the same functions either way.
 
-mod chunked;
 #[cfg(test)]
 mod fuzz;
 mod head;
@@ -29,7 +28,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::attempt::{self, Attempts, Exchange, Sent};
 use super::{Proxy, ResponseBody};
-use crate::data::http1::{self, MAX_HEAD, MAX_HEADERS};
+use crate::data::http1::{self, MAX_HEAD, MAX_HEADERS, chunked};
 use crate::data::listener::{ClientIo, Forward, Forwarded, HeadTimeout, Limits, PARK_AFTER, Peer};
 use crate::data::pool::Endpoint;
 use crate::data::snapshot::{App, Snapshot, Version};

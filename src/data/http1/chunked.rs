@@ -1,6 +1,8 @@
 //! Finding where a chunked body ends (RFC 9112 §7.1) while its bytes are forwarded as they
 //! are: the fast path does not decode chunks, it follows their sizes and checks every line,
-//! so what it passes on is chunked coding any strict recipient reads the same way.
+//! so what it passes on is chunked coding any strict recipient reads the same way. The
+//! listener uses it too, to stop hyper at the end of a chunked request body (`ClientIo`'s
+//! fence), so that hyper never reads the next request's head.
 
 /// Where a scan is within a chunked body.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
