@@ -414,3 +414,422 @@ async fn truncated_bodies_and_heads_are_not_held() {
     assert_eq!(state(&client, &admin, &weir).await, before);
     weir.shutdown().await;
 }
+
+// ---------------------------------------------------------------------------------------------
+// The fuzz: seeded, so a failure reproduces (`WEIR_FUZZ_SEED`, `WEIR_FUZZ_CASES`).
+
+/// One generated input.
+#[derive(Debug, Clone)]
+enum Input {
+    /// A request a real client (hyper's) sends: any method, path, content type and body bytes.
+    Http { method: String, path: String, content_type: Option<String>, body: Vec<u8> },
+    /// Bytes on a new connection, for what no well-behaved client sends. `refuse`: they break
+    /// a rule, so the answer must be a refusal.
+    Raw { what: String, bytes: Vec<u8>, refuse: bool },
+}
+
+const KEYS: [&str; 9] = ["weights", "version", "revision", "reason", "v1", "v2", "v3", "x", ""];
+/// Numbers no weight or revision takes, in text: past i64/u64, past f64, floats, exponents.
+const ODD_NUMBERS: [&str; 16] = [
+    "1e400",
+    "-1e400",
+    "18446744073709551616",
+    "-9223372036854775809",
+    "9223372036854775808",
+    "123456789012345678901234567890",
+    "1.5",
+    "10.0",
+    "1E1",
+    "-0.0",
+    "1e-400",
+    "0.1e1",
+    "-1",
+    "1000001",
+    "4294967296",
+    "-0",
+];
+
+fn pick<'a>(rng: &mut fastrand::Rng, from: &[&'a str]) -> &'a str {
+    from[rng.usize(..from.len())]
+}
+
+fn number(rng: &mut fastrand::Rng) -> String {
+    match rng.u8(..4) {
+        0 => pick(rng, &ODD_NUMBERS).to_string(),
+        1 => rng.i64(..).to_string(),
+        _ => rng.i64(-5..150).to_string(),
+    }
+}
+
+fn string(rng: &mut fastrand::Rng) -> String {
+    let s = pick(rng, &["v1", "v2", "v3", "", "\\u0000", "\\ud800", "v1\\n", "é", "a\\\"b", "\\u0076\\u0032"]);
+    format!("\"{s}\"")
+}
+
+/// Any JSON value, up to `depth` deep, with keys drawn from a small set so that a key comes
+/// twice in one object now and then (and one is sometimes repeated on purpose).
+fn value(rng: &mut fastrand::Rng, depth: u32) -> String {
+    match rng.u8(..if depth == 0 { 5 } else { 8 }) {
+        0 => "null".into(),
+        1 => pick(rng, &["true", "false"]).into(),
+        2 => number(rng),
+        3 | 4 => string(rng),
+        5 => {
+            let items: Vec<String> = (0..rng.usize(..4)).map(|_| value(rng, depth - 1)).collect();
+            format!("[{}]", items.join(","))
+        }
+        _ => object(rng, depth - 1, &KEYS),
+    }
+}
+
+fn object(rng: &mut fastrand::Rng, depth: u32, keys: &[&str]) -> String {
+    let mut entries: Vec<String> =
+        (0..rng.usize(..5)).map(|_| format!("\"{}\":{}", pick(rng, keys), value(rng, depth))).collect();
+    if !entries.is_empty() && rng.u8(..3) == 0 {
+        let again = entries[rng.usize(..entries.len())].clone();
+        entries.insert(rng.usize(..=entries.len()), again);
+    }
+    format!("{{{}}}", entries.join(","))
+}
+
+/// A body shaped like one the call takes, with odd values, repeated keys, wrong types.
+fn shaped(rng: &mut fastrand::Rng, action: &str) -> String {
+    let weight = |rng: &mut fastrand::Rng| if rng.u8(..3) == 0 { value(rng, 1) } else { number(rng) };
+    let reason = |rng: &mut fastrand::Rng| match rng.u8(..4) {
+        0 => format!(",\"reason\":{}", value(rng, 1)),
+        1 => ",\"reason\":\"fuzz\"".to_string(),
+        _ => String::new(),
+    };
+    let body = match action {
+        "split" => {
+            let mut entries: Vec<String> = (0..rng.usize(1..4))
+                .map(|_| format!("\"{}\":{}", pick(rng, &["v1", "v2", "v3"]), weight(rng)))
+                .collect();
+            if rng.u8(..3) == 0 {
+                let again = entries[rng.usize(..entries.len())].clone();
+                entries.insert(rng.usize(..=entries.len()), again);
+            }
+            let weights = if rng.u8(..6) == 0 { value(rng, 2) } else { format!("{{{}}}", entries.join(",")) };
+            format!("{{\"weights\":{weights}{}}}", reason(rng))
+        }
+        "promote" => {
+            let v = if rng.bool() { string(rng) } else { value(rng, 2) };
+            format!("{{\"version\":{v}{}}}", reason(rng))
+        }
+        _ => {
+            let r = if rng.bool() { number(rng) } else { value(rng, 2) };
+            format!("{{\"revision\":{r}{}}}", reason(rng))
+        }
+    };
+    // The same fields as an array, or the body twice.
+    match rng.u8(..10) {
+        0 => format!("[{}]", body.trim_start_matches('{').trim_end_matches('}')),
+        1 => format!("{body}{body}"),
+        _ => body,
+    }
+}
+
+/// Cuts, bad UTF-8, a byte-order mark, or nothing.
+fn damaged(rng: &mut fastrand::Rng, body: String) -> Vec<u8> {
+    let mut bytes = body.into_bytes();
+    match rng.u8(..12) {
+        0 if !bytes.is_empty() => bytes.truncate(rng.usize(..bytes.len())),
+        1 => bytes.insert(rng.usize(..=bytes.len()), [0xff, 0xfe, 0x80, 0xc0][rng.usize(..4)]),
+        2 => {
+            let at = rng.usize(..=bytes.len());
+            drop(bytes.splice(at..at, [0xc3, 0x28]));
+        }
+        3 => drop(bytes.splice(0..0, [0xef, 0xbb, 0xbf])),
+        _ => {}
+    }
+    bytes
+}
+
+fn http_input(rng: &mut fastrand::Rng) -> Input {
+    let action = pick(rng, &["split", "promote", "rollback"]);
+    let allowed = if action == "split" { "PUT" } else { "POST" };
+    let method = match rng.u8(..10) {
+        0..=6 => allowed,
+        _ => pick(rng, &["GET", "PUT", "POST", "DELETE", "PATCH", "OPTIONS", "TRACE", "FOO"]),
+    };
+    let path = match rng.u8(..12) {
+        0 => "/apps/nope/".to_string() + action,
+        1 => "/apps/web".into(),
+        2 => "/apps/web/history".into(),
+        3 => pick(rng, &["/nope", "/apps", "/apps/web/split/x", "/reload", "//apps/web/split"]).into(),
+        _ => format!("/apps/web/{action}"),
+    };
+    let content_type = match rng.u8(..10) {
+        0 => None,
+        1 => Some(pick(rng, &["text/plain", "application/x-www-form-urlencoded", "", "application/jsonx", "json"])),
+        2 => Some(pick(rng, &["APPLICATION/JSON", "application/json; charset=utf-8", "application/json;"])),
+        _ => Some("application/json"),
+    }
+    .map(str::to_string);
+    let body = match rng.u8(..10) {
+        0..=5 => shaped(rng, action),
+        6..=8 => value(rng, 3),
+        _ => String::new(),
+    };
+    Input::Http { method: method.into(), path, content_type, body: damaged(rng, body) }
+}
+
+/// A raw `PUT /apps/web/split` that would change the weights if it were accepted, broken in
+/// one way the HTTP layer must refuse (or, for a few, in a way it may take).
+fn raw_input(rng: &mut fastrand::Rng) -> Input {
+    let v1 = rng.u32(0..100);
+    let body = format!("{{\"weights\":{{\"v1\":{v1},\"v2\":{}}}}}", 100 - v1);
+    let cl = body.len();
+    let head = |target: &str, version: &str, fields: &str| {
+        format!("PUT {target} {version}\r\nHost: admin\r\nContent-Type: application/json\r\n{fields}\r\n")
+    };
+    let split = "/apps/web/split";
+    let with = |fields: String| head(split, "HTTP/1.1", &fields) + &body;
+    let many: String = (0..rng.usize(101..140)).map(|i| format!("X-F{i}: {i}\r\n")).collect();
+    let (what, bytes, refuse): (&str, String, bool) = match rng.u8(..30) {
+        0 => ("NUL in a value", with(format!("X-A: a\0b\r\nContent-Length: {cl}\r\n")), true),
+        1 => (
+            "NUL in the target",
+            head("/apps/web/split\0", "HTTP/1.1", &format!("Content-Length: {cl}\r\n")) + &body,
+            true,
+        ),
+        2 => ("NUL in a name", with(format!("X-\0A: 1\r\nContent-Length: {cl}\r\n")), true),
+        3 => {
+            let uri = format!("{split}?{}", "a".repeat(rng.usize(64 * 1024..80 * 1024)));
+            ("a long URI", head(&uri, "HTTP/1.1", &format!("Content-Length: {cl}\r\n")) + &body, true)
+        }
+        4 => (
+            "a long head",
+            with(format!("X-Big: {}\r\nContent-Length: {cl}\r\n", "b".repeat(rng.usize(64 * 1024..90 * 1024)))),
+            true,
+        ),
+        5 => ("too many fields", with(format!("{many}Content-Length: {cl}\r\n")), true),
+        6 => {
+            let v = pick(rng, &["abc", "-1", "+28", "0x1c", "", " ", "99999999999999999999", "28 28", "1e2", "28,28"]);
+            ("a bad Content-Length", with(format!("Content-Length: {v}\r\n")), true)
+        }
+        7 => ("two equal Content-Length", with(format!("Content-Length: {cl}\r\nContent-Length: {cl}\r\n")), true),
+        8 => ("two Content-Length", with(format!("Content-Length: {cl}\r\nContent-Length: {}\r\n", cl + 1)), true),
+        9 => (
+            "Content-Length and Transfer-Encoding",
+            with(format!("Content-Length: {cl}\r\nTransfer-Encoding: chunked\r\n")),
+            true,
+        ),
+        10 => (
+            "Transfer-Encoding and Content-Length",
+            with(format!("Transfer-Encoding: chunked\r\nContent-Length: {cl}\r\n")),
+            true,
+        ),
+        11 => {
+            let te = pick(rng, &["gzip", "chunked, gzip", "xchunked", "identity", "gzip, chunked", "chunked;q=1"]);
+            ("an unsupported transfer coding", with(format!("Transfer-Encoding: {te}\r\n")), true)
+        }
+        12 => {
+            ("two Transfer-Encoding", with("Transfer-Encoding: chunked\r\nTransfer-Encoding: chunked\r\n".into()), true)
+        }
+        13 => {
+            ("Transfer-Encoding in HTTP/1.0", head(split, "HTTP/1.0", "Transfer-Encoding: chunked\r\n") + &body, true)
+        }
+        14 => ("a space before a colon", with(format!("Content-Length : {cl}\r\n")), true),
+        15 => ("obs-fold", with(format!("X-A: 1\r\n 2\r\nContent-Length: {cl}\r\n")), true),
+        16 => ("a bare CR", with(format!("X-A: 1\r2\r\nContent-Length: {cl}\r\n")), true),
+        17 => ("two Host fields", with(format!("Host: b\r\nContent-Length: {cl}\r\n")), true),
+        18 => ("Content_Length", with(format!("Content_Length: {cl}\r\nContent-Length: {cl}\r\n")), true),
+        19 => (
+            "Connection lists Content-Length",
+            with(format!("Connection: content-length\r\nContent-Length: {cl}\r\n")),
+            true,
+        ),
+        20 => {
+            let version = pick(rng, &["HTTP/1.2", "HTTP/2.0", "HTTP/0.9", "http/1.1", "HTTP/1.1 x"]);
+            ("a bad version", head(split, version, &format!("Content-Length: {cl}\r\n")) + &body, true)
+        }
+        21 => (
+            "a target hyper cannot parse",
+            head(
+                pick(rng, &["/apps/web/split<", "/apps/web/split?\"", "/apps/web/`"]),
+                "HTTP/1.1",
+                &format!("Content-Length: {cl}\r\n"),
+            ) + &body,
+            true,
+        ),
+        22 => (
+            "userinfo in the target",
+            head("http://u:p@admin/apps/web/split", "HTTP/1.1", &format!("Content-Length: {cl}\r\n")) + &body,
+            true,
+        ),
+        23 => ("CONNECT", "CONNECT admin:443 HTTP/1.1\r\nHost: admin:443\r\n\r\n".into(), true),
+        24 => {
+            let junk: String = (0..rng.usize(1..200)).map(|_| char::from(rng.u8(..128))).collect();
+            ("random bytes then an end of head", format!("{junk}\r\n\r\n"), true)
+        }
+        25 => ("an invalid Host", with(format!("Host: a b\r\nContent-Length: {cl}\r\n")), true),
+        26 => {
+            // A good request, then a bad one on the same connection (read by whichever path).
+            let first = format!(
+                "GET /live HTTP/1.1\r\nHost: a\r\n\r\n{}",
+                with(format!("Content-Length: {cl}\r\nContent-Length: {cl}\r\n"))
+            );
+            ("pipelined behind a good request", first, true)
+        }
+        27 => (
+            "a bad chunk size",
+            with("Transfer-Encoding: chunked\r\n".into()).replace(&body, &format!("zz\r\n{body}\r\n0\r\n\r\n")),
+            true,
+        ),
+        // Sound, but unusual: taken (the change applies) or refused, either in JSON.
+        28 => ("bare LF line ends", with(format!("Content-Length: {cl}\r\n")).replace("\r\n", "\n"), false),
+        _ => (
+            "absolute-form",
+            head("http://admin/apps/web/split", "HTTP/1.1", &format!("Content-Length: {cl}\r\n")) + &body,
+            false,
+        ),
+    };
+    Input::Raw { what: what.into(), bytes: bytes.into_bytes(), refuse }
+}
+
+/// What one input got: accepted (2xx, state may change), or refused in the JSON shape.
+enum Outcome {
+    Accepted,
+    Refused(u16),
+}
+
+async fn send(admin: &str, addr: SocketAddr, input: &Input) -> Result<Outcome, String> {
+    match input {
+        Input::Http { method, path, content_type, body } => {
+            // A connection of its own: a refused or unread body closes it.
+            let client = Client::new();
+            let mut b = Request::builder().method(method.as_str()).uri(format!("{admin}{path}"));
+            if let Some(ct) = content_type {
+                b = b.header("content-type", ct);
+            }
+            let r = client.send(b.body(Full::new(Bytes::from(body.clone()))).unwrap()).await?;
+            if r.status.is_success() {
+                return Ok(Outcome::Accepted);
+            }
+            let ct = r.headers.get("content-type").and_then(|v| v.to_str().ok());
+            error_shape(r.status.as_u16(), ct, r.body.as_bytes())?;
+            Ok(Outcome::Refused(r.status.as_u16()))
+        }
+        Input::Raw { bytes, refuse, .. } => {
+            let mut c = RawConn::connect(addr).await;
+            c.send_in_background(bytes.clone());
+            // A pipelined case answers the good request first.
+            let mut r = c.response(false, Duration::from_secs(5)).await.map_err(|e| format!("no answer: {e:?}"))?;
+            if r.status == 200 && r.body_str() == "live\n" {
+                r = c.response(false, Duration::from_secs(5)).await.map_err(|e| format!("no second answer: {e:?}"))?;
+            }
+            if (200..300).contains(&r.status) && !refuse {
+                return Ok(Outcome::Accepted);
+            }
+            raw_shape(&r)?;
+            Ok(Outcome::Refused(r.status))
+        }
+    }
+}
+
+/// Requests whose body never arrives whole: each must be answered (in JSON) or closed within
+/// the admin deadline. Returns how many were answered and how many closed.
+async fn truncated(addr: SocketAddr, mut rng: fastrand::Rng, n: usize) -> Result<(usize, usize), String> {
+    let tasks: Vec<_> = (0..n)
+        .map(|_| {
+            let action = pick(&mut rng, &["split", "promote", "rollback"]);
+            let method = if action == "split" { "PUT" } else { "POST" };
+            let body = r#"{"weights":{"v1":1,"v2":99},"version":"v2","revision":1}"#;
+            let sent = &body[..rng.usize(..body.len())];
+            let bytes = if rng.bool() {
+                let declared = body.len() + rng.usize(1..100_000);
+                format!("{method} /apps/web/{action} HTTP/1.1\r\nHost: a\r\nContent-Type: application/json\r\nContent-Length: {declared}\r\n\r\n{sent}")
+            } else {
+                format!("{method} /apps/web/{action} HTTP/1.1\r\nHost: a\r\nContent-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\n{:x}\r\n{sent}", body.len())
+            };
+            tokio::spawn(async move {
+                let start = std::time::Instant::now();
+                let mut c = RawConn::connect(addr).await;
+                c.send_in_background(bytes.clone().into_bytes());
+                let got = c.response(false, DEADLINE + Duration::from_secs(3)).await;
+                let took = start.elapsed();
+                let what = format!("{bytes:?} ({took:?})");
+                if took > DEADLINE + Duration::from_secs(2) {
+                    return Err(format!("held past the deadline: {what}"));
+                }
+                match got {
+                    Ok(r) => raw_shape(&r).map(|_| true).map_err(|e| format!("{e}: {what}")),
+                    Err(common::recorder::End::Closed) => Ok(false),
+                    Err(end) => Err(format!("{end:?}: {what}")),
+                }
+            })
+        })
+        .collect();
+    let (mut answered, mut closed) = (0, 0);
+    for t in tasks {
+        if t.await.unwrap()? {
+            answered += 1;
+        } else {
+            closed += 1;
+        }
+    }
+    Ok((answered, closed))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fuzz_refusals_are_json_and_change_nothing() {
+    let seed = std::env::var("WEIR_FUZZ_SEED").ok().and_then(|s| s.parse().ok()).unwrap_or(12);
+    let cases: usize = std::env::var("WEIR_FUZZ_CASES").ok().and_then(|s| s.parse().ok()).unwrap_or(400);
+    let mut rng = fastrand::Rng::with_seed(seed);
+    let (weir, _b) = two_versions(90, 10).await;
+    let (_, admin) = urls(&weir);
+    let client = Client::new();
+    // A second revision, so that a rollback can change something.
+    client.call("PUT", &format!("{admin}/apps/web/split"), r#"{"weights":{"v1":50,"v2":50}}"#).await;
+    // Bodies that never arrive whole, alongside the rest.
+    let slow = tokio::spawn(truncated(weir.admin, fastrand::Rng::with_seed(seed ^ 1), 8));
+
+    let mut state_now = state(&client, &admin, &weir).await;
+    let (mut accepted, mut changes, mut statuses) = (0, 0, std::collections::BTreeMap::<u16, usize>::new());
+    let mut failures = Vec::new();
+    for i in 0..cases {
+        let input = if rng.u8(..3) == 0 { raw_input(&mut rng) } else { http_input(&mut rng) };
+        let show = || match &input {
+            Input::Http { method, path, content_type, body } => {
+                format!("#{i} {method} {path} {content_type:?} {:?}", String::from_utf8_lossy(body))
+            }
+            Input::Raw { what, bytes, .. } => {
+                let b = String::from_utf8_lossy(&bytes[..bytes.len().min(300)]).into_owned();
+                format!("#{i} raw, {what}: {b:?}")
+            }
+        };
+        match send(&admin, weir.admin, &input).await {
+            Ok(Outcome::Accepted) => {
+                accepted += 1;
+                state_now = state(&client, &admin, &weir).await;
+            }
+            Ok(Outcome::Refused(status)) => {
+                *statuses.entry(status).or_default() += 1;
+                let after = state(&client, &admin, &weir).await;
+                if after != state_now {
+                    changes += 1;
+                    failures.push(format!("{} was refused ({status}) but changed {state_now:?} to {after:?}", show()));
+                    state_now = after;
+                }
+            }
+            Err(e) => failures.push(format!("{}: {e}", show())),
+        }
+    }
+    let (answered, closed) = slow.await.unwrap().unwrap_or_else(|e| {
+        failures.push(format!("truncated body: {e}"));
+        (0, 0)
+    });
+    if state(&client, &admin, &weir).await != state_now {
+        changes += 1;
+        failures.push("a truncated body changed something".into());
+    }
+    let refused: usize = statuses.values().sum();
+    println!(
+        "seed {seed}: {cases} cases, {accepted} accepted, {refused} refused in the JSON shape {statuses:?}, \
+         {changes} changes by refusals; 8 truncated bodies: {answered} answered in JSON, {closed} closed"
+    );
+    assert!(failures.is_empty(), "seed {seed}: {} failures:\n{}", failures.len(), failures.join("\n"));
+    assert!(refused > cases / 2, "seed {seed}: only {refused} of {cases} refused: the generator lost its edge");
+    weir.shutdown().await;
+}
