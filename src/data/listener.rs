@@ -231,7 +231,7 @@ pub trait Forward: Send + Sync + 'static {
     }
 }
 
-/// No codec ahead of hyper: hyper serves every request (the admin API, the demo backends).
+/// No codec ahead of hyper: hyper serves every request (the demo backends; the admin API has [`CheckHeads`]).
 #[derive(Debug, Clone, Copy)]
 pub enum NoForward {}
 

@@ -315,7 +315,7 @@ struct Activity {
     client_close: AtomicBool,
 }
 
-/// Without a codec ahead of hyper (the admin API, demo backends): hyper serves requests until
+/// Without a codec ahead of hyper (the demo backends): hyper serves requests until
 /// the connection goes quiet (returns the socket to park, and whether any request was served)
 /// or ends (`None`). The connection also closes, rather than parks, when a request body was
 /// not read to its end.
