@@ -68,6 +68,19 @@ async fn serve(text: &str) -> Served {
     panic!("weir serve did not become ready");
 }
 
+/// Whether `/ready` says 503 within half a second.
+async fn turns_not_ready(admin: &str) -> bool {
+    let client = Client::new();
+    for _ in 0..100 {
+        let req = http::Request::get(format!("{admin}/ready")).body(Default::default()).unwrap();
+        if client.send(req).await.is_ok_and(|r| r.status == 503) {
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    false
+}
+
 impl Served {
     fn signal(&self, signal: Signal) {
         let pid = self.child.as_ref().expect("still running").id();
@@ -113,16 +126,7 @@ async fn sigterm_lets_20_slow_requests_finish_refuses_new_ones_and_exits_zero() 
     s.signal(Signal::SIGTERM);
 
     // While they drain: /ready says 503 and the traffic port refuses new connections.
-    let client = Client::new();
-    let mut saw_not_ready = false;
-    for _ in 0..100 {
-        let req = http::Request::get(format!("{}/ready", s.admin)).body(Default::default()).unwrap();
-        if client.send(req).await.is_ok_and(|r| r.status == 503) {
-            saw_not_ready = true;
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
+    let saw_not_ready = turns_not_ready(&s.admin).await;
     let addr = s.traffic.trim_start_matches("http://").to_string();
     let mut refused = false;
     for _ in 0..100 {
@@ -280,16 +284,7 @@ async fn clients_that_keep_sending_through_the_drain_delay_see_no_failure() {
     }
     tokio::time::sleep(Duration::from_millis(500)).await;
     s.signal(Signal::SIGTERM);
-    let client = Client::new();
-    let mut not_ready = false;
-    for _ in 0..100 {
-        let req = http::Request::get(format!("{}/ready", s.admin)).body(Default::default()).unwrap();
-        if client.send(req).await.is_ok_and(|r| r.status == 503) {
-            not_ready = true;
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
+    let not_ready = turns_not_ready(&s.admin).await;
     let (mut ok, mut failed, mut told) = (0, Vec::new(), 0);
     for (kind, l) in loops {
         let seen = l.await.unwrap();
@@ -357,16 +352,7 @@ async fn weir_shutdown_drains_and_waits_as_the_prestop_hook_does() {
         Command::new(WEIR).args(["shutdown", "--admin", &admin, "--wait"]).output().unwrap()
     });
     // Draining: not ready, and traffic still served.
-    let client = Client::new();
-    let mut not_ready = false;
-    for _ in 0..100 {
-        let req = http::Request::get(format!("{}/ready", s.admin)).body(Default::default()).unwrap();
-        if client.send(req).await.is_ok_and(|r| r.status == 503) {
-            not_ready = true;
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
+    let not_ready = turns_not_ready(&s.admin).await;
     assert!(not_ready, "/ready never said 503 after POST /shutdown");
     let r = Client::new().get(&s.traffic).await;
     assert_eq!(r.status, 200, "traffic is still served during the drain delay");

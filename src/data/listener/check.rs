@@ -10,7 +10,7 @@
 //! [`Wording`] and the connection closes (lingering, as every refusal's); a sound one goes to
 //! hyper unread ([`Forwarded::Fallback`]).
 
-use bytes::{Bytes, BytesMut};
+use bytes::Bytes;
 use http::StatusCode;
 use prometheus::IntCounter;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -44,10 +44,7 @@ impl CheckHeads {
         limits: &Limits,
         cancel: &CancellationToken,
     ) -> Result<Forwarded, BoxError> {
-        let pending = std::mem::take(&mut io.prefix);
-        let mut buf = BytesMut::with_capacity(HEAD_CHUNK.max(pending.len()));
-        buf.extend_from_slice(&pending);
-        drop(pending);
+        let mut buf = io.take_prefix(HEAD_CHUNK);
         // Nothing pending: park after a quiet tick. A head: whole within the header read
         // timeout from its first byte.
         let mut started = !buf.is_empty();

@@ -69,6 +69,15 @@ impl ClientIo {
         ClientIo { prefix, stream, send_timeout, stall: None, stalled: false, keep_open: Arc::default(), fence: None }
     }
 
+    /// Takes the pending bytes into a new read buffer of at least `capacity`, for a codec
+    /// that reads a head.
+    pub fn take_prefix(&mut self, capacity: usize) -> bytes::BytesMut {
+        let pending = std::mem::take(&mut self.prefix);
+        let mut buf = bytes::BytesMut::with_capacity(capacity.max(pending.len()));
+        buf.extend_from_slice(&pending);
+        buf
+    }
+
     /// Reads `prefix` first, then the socket, with no fence.
     fn poll_read_open(&mut self, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
         if !self.prefix.is_empty() {

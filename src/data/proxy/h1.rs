@@ -106,10 +106,7 @@ impl Proxy {
         limits: &Limits,
         cancel: &CancellationToken,
     ) -> Result<Forwarded, BoxError> {
-        let pending = std::mem::take(&mut client.prefix);
-        let mut buf = BytesMut::with_capacity(HEAD_CHUNK.max(pending.len()));
-        buf.extend_from_slice(&pending);
-        drop(pending);
+        let mut buf = client.take_prefix(HEAD_CHUNK);
         let mut bufs = Buffers { req: Vec::with_capacity(1024), resp: Vec::with_capacity(1024), up: BytesMut::new() };
         // Parked after a whole tick with no request and nothing pending (one timer per busy
         // spell, not per request).
