@@ -150,9 +150,11 @@ async fn run(client: ProbeClient, t: Target, stop: CancellationToken, mut first:
         let change = verdict(t.state.probe_up(), t.state.ever_up(), passes, fails, &t.config);
         if let Some(now_up) = change {
             t.state.set_probe_up(now_up);
-            // Back up by its probe after its ejection time: that answer is its trial.
-            if now_up && t.state.in_trial() {
-                t.state.readmit();
+            // Back up by its probe: it answers again, which ends an ejection as a trial
+            // would (a frozen pod that resumed). A probe that never went down (a pod slow
+            // only for real requests) ends none.
+            if now_up && t.state.readmit() {
+                tracing::info!(app = %t.app, version = %t.version, endpoint = %t.endpoint, "ejection ended by its probe");
             }
             t.gauge.set(i64::from(t.state.is_healthy()));
             let why = if now_up {

@@ -65,7 +65,7 @@ pub fn on_failure(app: &App, version: &Version, endpoint: &Endpoint) {
         metrics: version.metrics.clone(),
         names: (Arc::clone(&app.name), Arc::clone(&version.name), Arc::clone(&endpoint.name)),
     };
-    tokio::spawn(trial.run(duration));
+    tokio::spawn(trial.run(duration, times));
 }
 
 /// Ejection time for the `times`-th ejection: base × times, at most `max`.
@@ -95,15 +95,18 @@ fn trial_request(version: &Version, endpoint: &Endpoint) -> (String, header::Hea
 }
 
 impl Trial {
-    /// Waits out the ejection, then sends trials until one is answered in time (readmitted)
-    /// or the endpoint leaves; each failed trial ejects it again, for longer.
-    async fn run(self, mut wait: Duration) {
+    /// Waits out the ejection (the `times`-th), then sends trials until one is answered in
+    /// time (readmitted) or the endpoint leaves; each failed trial ejects it again, for
+    /// longer.
+    async fn run(self, mut wait: Duration, mut times: u32) {
         let (app, version, endpoint) = &self.names;
         loop {
             tokio::time::sleep(wait).await;
             let Some(state) = self.state.upgrade() else { return };
-            if !state.is_ejected() {
-                return; // readmitted meanwhile (its probe passed during a trial)
+            // Readmitted meanwhile (its probe came back up), perhaps ejected anew since: that
+            // ejection has a trial of its own.
+            if !state.is_ejected() || state.times_ejected() != times {
+                return;
             }
             state.await_trial();
             drop(state);
@@ -125,7 +128,7 @@ impl Trial {
                     if !state.is_ejected() {
                         return;
                     }
-                    let times = state.eject_again();
+                    times = state.eject_again();
                     self.metrics.ejections.inc();
                     wait = ejection_time(self.outlier.base_ejection, self.outlier.max_ejection, times);
                     let why = format!("trial request failed ({why}): ejected again for {wait:?} (ejection #{times})");

@@ -10,6 +10,7 @@ use std::time::{Duration, Instant};
 use http::{Response, StatusCode};
 
 use super::{ProxyError, ResponseBody, error_response};
+use crate::config::HedgeAfter;
 use crate::data::outlier;
 use crate::data::pool::{Endpoint, InFlight};
 use crate::data::snapshot::{App, Version};
@@ -105,6 +106,14 @@ pub(super) async fn drive<'a, X: Exchange>(
     }
 }
 
+/// When a hedge goes out.
+enum HedgeDelay {
+    /// This long after the attempt started.
+    After(Duration),
+    /// `auto`, and no endpoint of the version has answered yet: once one has.
+    NotYetKnown,
+}
+
 /// How a (possibly hedged) attempt ended.
 enum Raced<'a, A, X> {
     /// The first attempt answered (a hedge, if any, was cancelled).
@@ -134,23 +143,44 @@ async fn race<'a, X: Exchange>(
     endpoint: &'a Endpoint,
     attempts: &mut Attempts,
     exchange: &mut X,
-    delay: Duration,
+    delay: HedgeDelay,
 ) -> Raced<'a, X::Answer, X> {
     let mut spare = exchange.spare();
-    let timeout = endpoint.client.timeouts.request;
-    let give_up = tokio::time::Instant::now() + timeout;
+    let started = tokio::time::Instant::now();
+    let give_up = started + endpoint.client.timeouts.request;
     let first = exchange.send(endpoint, false);
     tokio::pin!(first);
     // One timer: the hedge delay, then the first attempt's request timeout.
-    let timer = tokio::time::sleep(delay.min(timeout));
+    let (mut known, mut at) = match delay {
+        HedgeDelay::After(d) => (true, started + d),
+        HedgeDelay::NotYetKnown => (false, started + HedgeAfter::AUTO_MIN),
+    };
+    let timer = tokio::time::sleep_until(at.min(give_up));
     tokio::pin!(timer);
-    tokio::select! {
-        biased;
-        r = &mut first => return match r {
-            Ok(answer) => Raced::First(answer),
-            Err(e) => Raced::Failed(e, endpoint),
-        },
-        () = &mut timer => {}
+    loop {
+        tokio::select! {
+            biased;
+            r = &mut first => return match r {
+                Ok(answer) => Raced::First(answer),
+                Err(e) => Raced::Failed(e, endpoint),
+            },
+            () = &mut timer => {}
+        }
+        let now = tokio::time::Instant::now();
+        if now >= give_up {
+            return Raced::Failed(endpoint.client.timed_out(), endpoint);
+        }
+        if known {
+            break;
+        }
+        // Sent before the version's latency was known (a cold start): as soon as it is, the
+        // request is hedged on that delay from when it was sent, as a later one would be.
+        match app.retry.hedge_after.delay(version.pool.typical_latency()) {
+            Some(d) if started + d <= now => break,
+            Some(d) => (known, at) = (true, started + d),
+            None => at = now + HedgeAfter::AUTO_MIN,
+        }
+        timer.as_mut().reset(at.min(give_up));
     }
     timer.as_mut().reset(give_up);
     let first = async {
@@ -262,13 +292,16 @@ impl Attempts {
     /// How long the next attempt waits for its response head before a hedge goes out, if
     /// it may be hedged: an idempotent request that can be sent again, not hedged yet, with
     /// a delay shorter than the request timeout.
-    fn hedge_delay(&self, app: &App, version: &Version) -> Option<Duration> {
+    fn hedge_delay(&self, app: &App, version: &Version) -> Option<HedgeDelay> {
         if self.hedged || self.left == 0 || !self.idempotent {
             return None;
         }
-        let delay = app.retry.hedge_after.delay(version.pool.typical_latency())?;
+        let typical = version.pool.typical_latency();
+        let Some(delay) = app.retry.hedge_after.delay(typical) else {
+            return (app.retry.hedge_after == HedgeAfter::Auto).then_some(HedgeDelay::NotYetKnown);
+        };
         let timeout = version.pool.endpoints().first()?.client.timeouts.request;
-        (delay < timeout).then_some(delay)
+        (delay < timeout).then_some(HedgeDelay::After(delay))
     }
 
     /// The endpoint a hedge goes to, taking an attempt and a retry from the budget; `None`
