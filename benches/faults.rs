@@ -24,6 +24,24 @@
 //! Knobs (humantime durations): `WEIR_FAULTS_WARMUP` (3s), `WEIR_FAULTS_FREEZE` (20s; also the
 //! middle part of the runs without a freeze), `WEIR_FAULTS_AFTER` (5s), `WEIR_FAULTS_PAUSE`
 //! (0s: closed loop; a pause between two requests of one client), `WEIR_FAULTS_CLIENTS` (32).
+//!
+//! Before issue 12's change (c7558d8 with this harness, fcc3fcc; 2-core VM, one run, release):
+//!
+//! ```text
+//! scenario         GETs failed >250ms    >1s    >2s      p50      p99      max  POSTs   failed      max  twice last sent   ejected     back
+//! baseline       438437      0      0      0      0      1ms      3ms     14ms  48698        0     12ms      0   +27.91s     never        -
+//! frozen         415917      0     12     11     11      1ms      3ms   20.01s  46200        0     12ms      0   +19.14s     never     36ms
+//! frozen-probe   423118      0      9      9      9      1ms      3ms   20.01s  46997        0   20.00s      0    +198ms     never    1.09s
+//! slow           459725      0     79     79     79      1ms      2ms    3.03s  51064        0    3.00s      0   +26.83s     never        -
+//! all-slow          591      0    292    292    292     49ms    3.04s    3.05s     49        0    3.00s      0   +27.14s     never        -
+//! ```
+//!
+//! Frozen: every request Weir sent the frozen endpoint (14, P2C steering away as they piled up
+//! in flight) waited the whole freeze, as 20 s is under the 30 s request timeout; it was never
+//! ejected and still got a new request 19.14 s into the freeze. With the probe it was down
+//! after 6.10 s (`weir_endpoint_healthy` 0) but the 9 GETs and 1 POST already sent waited the
+//! 20 s. Slow: 79 GETs and 8 POSTs took 3 s, until the end. All-slow (closed-loop clients, so
+//! few requests): nothing failed, no counter moved.
 
 #[path = "../tests/common/faults.rs"]
 mod harness;
