@@ -14,6 +14,19 @@ use crate::data::proxy::ResponseBody;
 /// The config `weir demo` runs (`config/demo.toml`).
 pub const DEMO_CONFIG: &str = include_str!("../config/demo.toml");
 
+/// How a demo backend behaves beyond its name and version (`weir backend --delay`,
+/// `--record-ids`): what benchmarks of slow endpoints and of duplicate requests need.
+#[derive(Debug, Clone, Default)]
+pub struct BackendOptions {
+    /// How long every response waits before its head (`/__weir/*` excepted), like an
+    /// endpoint whose requests take that long. Default 0.
+    pub delay: Duration,
+    /// Remember the `x-request-id` of every request carrying one and list them at
+    /// `/__weir/ids`, one per line, so a benchmark can find requests sent twice. Memory grows
+    /// with every such request: off by default.
+    pub record_ids: bool,
+}
+
 /// Starts a demo backend on `addr`: `/live` and `/ready` answer `ok`, `/__weir/hits` the
 /// number of other requests served so far (benchmarks read it to measure the split), every
 /// other path answers `Host: <name>, Version: <version>\n`. Returns the bound address; serves
@@ -24,20 +37,45 @@ pub async fn spawn_backend(
     version: &str,
     cancel: CancellationToken,
 ) -> std::io::Result<SocketAddr> {
+    spawn_backend_with(addr, name, version, BackendOptions::default(), cancel).await
+}
+
+/// [`spawn_backend`] with [`BackendOptions`]. Requests are counted in `/__weir/hits` when they
+/// arrive, before any delay, so a benchmark sees what reached a slow (or resumed) process.
+pub async fn spawn_backend_with(
+    addr: SocketAddr,
+    name: &str,
+    version: &str,
+    options: BackendOptions,
+    cancel: CancellationToken,
+) -> std::io::Result<SocketAddr> {
     let socket = tokio::net::TcpListener::bind(addr).await?;
     let bound = socket.local_addr()?;
     let hello = bytes::Bytes::from(format!("Host: {name}, Version: {version}\n"));
     let hits = Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let ids = Arc::new(std::sync::Mutex::new(String::new()));
+    let BackendOptions { delay, record_ids } = options;
     let handler = move |req: http::Request<crate::data::listener::ClientBody>, _client| {
-        let body = match req.uri().path() {
+        let path = req.uri().path();
+        let body = match path {
             "/live" | "/ready" => bytes::Bytes::from_static(b"ok\n"),
             "/__weir/hits" => format!("{}\n", hits.load(std::sync::atomic::Ordering::Relaxed)).into(),
+            "/__weir/ids" => ids.lock().expect("not poisoned").clone().into(),
             _ => {
                 hits.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                 hello.clone()
             }
         };
+        if record_ids && let Some(id) = req.headers().get("x-request-id").and_then(|v| v.to_str().ok()) {
+            let mut ids = ids.lock().expect("not poisoned");
+            ids.push_str(id);
+            ids.push('\n');
+        }
+        let wait = if path.starts_with("/__weir/") { Duration::ZERO } else { delay };
         async move {
+            if !wait.is_zero() {
+                tokio::time::sleep(wait).await;
+            }
             let mut resp = Response::new(ResponseBody::local(body));
             *resp.status_mut() = StatusCode::OK;
             resp.headers_mut().insert(header::CONTENT_TYPE, header::HeaderValue::from_static("text/plain"));

@@ -93,6 +93,13 @@ enum Command {
         /// Version it reports.
         #[arg(long, default_value = "v1")]
         version: String,
+        /// How long every response waits before its head, e.g. `3s` (a slow endpoint).
+        #[arg(long, default_value = "0s", value_parser = humantime::parse_duration)]
+        delay: std::time::Duration,
+        /// Remember each request's `x-request-id` and list them at `/__weir/ids` (to find
+        /// requests sent twice; memory grows with every request).
+        #[arg(long)]
+        record_ids: bool,
     },
 }
 
@@ -152,10 +159,12 @@ fn run(command: Command) -> Result<ExitCode> {
             code
         }),
         Command::Shutdown { admin, wait, timeout } => runtime(1)?.block_on(shutdown(admin, wait, timeout)),
-        Command::Backend { addr, name, version } => runtime(0)?.block_on(async move {
+        Command::Backend { addr, name, version, delay, record_ids } => runtime(0)?.block_on(async move {
             let cancel = CancellationToken::new();
+            let options = weir::demo::BackendOptions { delay, record_ids };
             for addr in addr {
-                let bound = weir::demo::spawn_backend(addr, &name, &version, cancel.clone()).await?;
+                let bound =
+                    weir::demo::spawn_backend_with(addr, &name, &version, options.clone(), cancel.clone()).await?;
                 println!("backend {name} ({version}) on http://{bound}");
             }
             shutdown_signal().await?;
