@@ -46,6 +46,8 @@ pub struct ChangeRequest {
     pub reason: String,
     /// Apply only if the app's current revision is this one (`If-Match`).
     pub if_match: Option<u64>,
+    /// Who asks (an admin token's name, a Kubernetes user), recorded in the revision.
+    pub by: String,
 }
 
 /// The result of an accepted change.
@@ -241,7 +243,7 @@ impl Control {
                 .collect();
             let target = if old_app.split != app.split || kept.values().all(|&w| w == 0) { from_file } else { kept };
             if target != history.current().weights {
-                history.record(target, String::new(), Cause::Reload);
+                history.record(target, String::new(), Cause::Reload, String::new());
                 new_revisions.push(name.clone());
             }
             histories.insert(name.clone(), history);
@@ -313,8 +315,8 @@ impl Control {
         if weights == current.weights {
             return Ok(Outcome { revision: current.number, changed: false });
         }
-        let revision = history.record(weights, req.reason, cause).number;
-        tracing::info!(app = %req.app, revision, weights = ?history.current().weights, cause = ?history.current().cause, "split changed");
+        let revision = history.record(weights, req.reason, cause, req.by.clone()).number;
+        tracing::info!(app = %req.app, revision, by = %req.by, weights = ?history.current().weights, cause = ?history.current().cause, "split changed");
         self.publish();
         Ok(Outcome { revision, changed: true })
     }

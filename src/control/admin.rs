@@ -171,7 +171,10 @@ impl Admin {
                 (Change::Rollback(body.revision), body.reason)
             }
         };
-        let outcome = self.control.change(ChangeRequest { app: app.clone(), change, reason, if_match }).await?;
+        let outcome = self
+            .control
+            .change(ChangeRequest { app: app.clone(), change, reason, if_match, by: String::new() })
+            .await?;
         // The control task stored the snapshot before replying: this load sees the change.
         let snap = self.snapshot.load();
         let a = snap.app(&app).ok_or(ControlError::UnknownApp(app))?;

@@ -3,10 +3,10 @@
 use std::collections::{BTreeMap, VecDeque};
 use std::time::SystemTime;
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 /// What made a revision.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "kind", rename_all = "snake_case")]
 pub enum Cause {
     /// The config file's split, at start.
@@ -29,7 +29,7 @@ pub enum Cause {
 }
 
 /// One revision of an app's split.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Revision {
     /// 1, 2, 3 … per app; never reused.
     pub number: u64,
@@ -39,13 +39,26 @@ pub struct Revision {
     pub reason: String,
     /// What made it.
     pub cause: Cause,
+    /// Who made it: the admin token's name or the Kubernetes user; empty for Weir itself
+    /// (the config file at start, a reload) and for an admin API without authentication.
+    #[serde(default)]
+    pub by: String,
     /// When it was stored, RFC 3339 UTC.
-    #[serde(serialize_with = "rfc3339")]
+    #[serde(with = "rfc3339")]
     pub at: SystemTime,
 }
 
-fn rfc3339<S: serde::Serializer>(t: &SystemTime, s: S) -> Result<S::Ok, S::Error> {
-    s.collect_str(&humantime::format_rfc3339_millis(*t))
+mod rfc3339 {
+    use std::time::SystemTime;
+
+    pub fn serialize<S: serde::Serializer>(t: &SystemTime, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(&humantime::format_rfc3339_millis(*t))
+    }
+
+    pub fn deserialize<'de, D: serde::Deserializer<'de>>(d: D) -> Result<SystemTime, D::Error> {
+        let text = <std::borrow::Cow<'de, str> as serde::Deserialize>::deserialize(d)?;
+        humantime::parse_rfc3339(&text).map_err(serde::de::Error::custom)
+    }
 }
 
 /// The revisions of one app, newest last, at most `limit` of them.
@@ -58,7 +71,14 @@ pub struct History {
 impl History {
     /// A history whose revision 1 is the config's split.
     pub fn new(weights: BTreeMap<String, u32>, limit: usize) -> Self {
-        let first = Revision { number: 1, weights, reason: String::new(), cause: Cause::Config, at: SystemTime::now() };
+        let first = Revision {
+            number: 1,
+            weights,
+            reason: String::new(),
+            cause: Cause::Config,
+            by: String::new(),
+            at: SystemTime::now(),
+        };
         History { revisions: VecDeque::from([first]), limit: limit.max(2) }
     }
 
@@ -91,9 +111,9 @@ impl History {
     }
 
     /// Records new weights as the next revision, dropping the oldest beyond the limit.
-    pub fn record(&mut self, weights: BTreeMap<String, u32>, reason: String, cause: Cause) -> &Revision {
+    pub fn record(&mut self, weights: BTreeMap<String, u32>, reason: String, cause: Cause, by: String) -> &Revision {
         let number = self.current().number + 1;
-        self.revisions.push_back(Revision { number, weights, reason, cause, at: SystemTime::now() });
+        self.revisions.push_back(Revision { number, weights, reason, cause, by, at: SystemTime::now() });
         while self.revisions.len() > self.limit {
             self.revisions.pop_front();
         }
@@ -114,10 +134,10 @@ mod tests {
         let mut h = History::new(w(90, 10), 3);
         assert_eq!(h.current().number, 1);
         assert!(h.previous().is_none());
-        h.record(w(50, 50), "half".into(), Cause::Split);
-        h.record(w(0, 100), String::new(), Cause::Promote { version: "v2".into() });
+        h.record(w(50, 50), "half".into(), Cause::Split, "ci".into());
+        h.record(w(0, 100), String::new(), Cause::Promote { version: "v2".into() }, String::new());
         assert_eq!(h.previous().unwrap().weights, w(50, 50));
-        h.record(w(90, 10), String::new(), Cause::Rollback { to: 1 });
+        h.record(w(90, 10), String::new(), Cause::Rollback { to: 1 }, String::new());
         assert_eq!(h.current().number, 4);
         assert!(h.get(1).is_none(), "limit 3 keeps revisions 2..=4");
         assert_eq!(h.iter().map(|r| r.number).collect::<Vec<_>>(), [2, 3, 4]);

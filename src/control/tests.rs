@@ -15,7 +15,7 @@ fn control() -> Control {
 }
 
 fn req(change: Change) -> ChangeRequest {
-    ChangeRequest { app: "web".into(), change, reason: "test".into(), if_match: None }
+    ChangeRequest { app: "web".into(), change, reason: "test".into(), if_match: None, by: String::new() }
 }
 
 fn weights(c: &Control) -> Vec<(String, u32)> {
