@@ -30,9 +30,94 @@ pub struct Config {
     pub listeners: BTreeMap<String, ListenerConfig>,
     /// Applications by name (`[apps.my-app]`).
     pub apps: BTreeMap<String, AppConfig>,
-    /// How to reach the Kubernetes API, for versions that use `discovery`.
+    /// How to reach the Kubernetes API, for versions that use `discovery` and for the
+    /// Kubernetes state store.
     #[serde(default)]
     pub kubernetes: KubernetesConfig,
+    /// Where the split, its history and rollout progress are kept across restarts and shared
+    /// between replicas.
+    #[serde(default)]
+    pub state: StateConfig,
+}
+
+/// `[state]`: the durable state store. At most one of `dir` (standalone) and `kubernetes`
+/// (in-cluster, shared by every replica). With neither, the state lives in memory only and a
+/// restart goes back to the config file's split (logged as a warning at start).
+#[derive(Debug, Clone, PartialEq, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct StateConfig {
+    /// Directory Weir keeps its state in (`state.json`, and a `lock` file that keeps a second
+    /// Weir off the same directory). Created if missing. `--state-dir` overrides it.
+    #[serde(default)]
+    pub dir: Option<std::path::PathBuf>,
+    /// Keep the state in a ConfigMap every replica reads and writes (compare-and-swap on its
+    /// `resourceVersion`) and watches; each replica reports what it applied in a Lease.
+    #[serde(default)]
+    pub kubernetes: Option<StateKubernetes>,
+    /// What to do at start when the stored state exists but cannot be parsed: `refuse`
+    /// (default: exit with a message naming the file or object, routing nothing rather than
+    /// the wrong split) or `start_from_config` (set the unreadable state aside, keeping its
+    /// text, and start from the config file's split).
+    #[serde(default)]
+    pub on_unreadable: OnUnreadable,
+}
+
+/// `[state.kubernetes]`: the ConfigMap state store.
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct StateKubernetes {
+    /// The ConfigMap's name. Default `weir-state`; the manifest ships it empty.
+    #[serde(default = "default_state_name")]
+    pub name: String,
+    /// Its namespace. Default: `$POD_NAMESPACE`, else the service account's namespace, else
+    /// `default`.
+    #[serde(default)]
+    pub namespace: Option<String>,
+    /// This replica's name in its Lease and in `GET /cluster`. Default: `$POD_NAME`, else the
+    /// host name.
+    #[serde(default)]
+    pub identity: Option<String>,
+    /// A replica whose Lease was not renewed for this long counts as gone. Default `10s`;
+    /// replicas renew every third of it.
+    #[serde(default = "default_lease_duration", with = "humantime_serde")]
+    pub lease_duration: Duration,
+    /// Longest wait for one call to the API server (a write answers 503 after it). Default `5s`.
+    #[serde(default = "default_api_timeout", with = "humantime_serde")]
+    pub api_timeout: Duration,
+}
+
+impl StateKubernetes {
+    /// A store on the ConfigMap `name` with every other setting at its default.
+    pub fn new(name: &str) -> Self {
+        StateKubernetes {
+            name: name.into(),
+            namespace: None,
+            identity: None,
+            lease_duration: default_lease_duration(),
+            api_timeout: default_api_timeout(),
+        }
+    }
+}
+
+fn default_state_name() -> String {
+    "weir-state".into()
+}
+fn default_lease_duration() -> Duration {
+    Duration::from_secs(10)
+}
+fn default_api_timeout() -> Duration {
+    Duration::from_secs(5)
+}
+
+/// `state.on_unreadable`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum OnUnreadable {
+    /// Exit with a message that names the state and how to recover.
+    #[default]
+    Refuse,
+    /// Keep the unreadable text aside and start from the config file's split.
+    StartFromConfig,
 }
 
 /// `[kubernetes]`: the API client used by discovery. With neither field set, Weir uses the

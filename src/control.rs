@@ -9,16 +9,18 @@ pub mod admin;
 pub mod build;
 pub mod discovery;
 pub mod revision;
+pub mod state;
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{mpsc, oneshot, watch};
 use tokio_util::sync::CancellationToken;
 
 use crate::config::{self, Config, Problem, validate_weights};
 use crate::control::discovery::{Discovered, PoolKey};
 use crate::control::revision::{Cause, History, Revision};
+use crate::control::state::{AppState, Document, FORMAT, Store, StoreError, Version};
 use crate::data::health::Health;
 use crate::data::snapshot::{Routes, Snapshot, SplitState, Writer};
 use crate::metrics::Metrics;
@@ -57,7 +59,27 @@ pub struct Outcome {
     pub revision: u64,
     /// False when the request matched the current split, so nothing was recorded.
     pub changed: bool,
+    /// The state document's sequence that carries it (`?wait=all` waits for every replica
+    /// to report it).
+    pub sequence: u64,
 }
+
+/// What this replica has applied: the state's sequence and every app's revision. Published
+/// by the control task after every snapshot it stores.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Applied {
+    /// The state document's sequence (0: nothing stored yet).
+    pub sequence: u64,
+    /// Revision in force per app.
+    pub revisions: BTreeMap<String, u64>,
+}
+
+/// The weights and cause of the revision a change makes.
+type Planned = (BTreeMap<String, u32>, Cause);
+
+/// Writes that lose a compare-and-swap race are re-based on the newer state and tried again
+/// this many times before the change is refused.
+const MAX_CONFLICTS: usize = 8;
 
 /// Why a change was refused. Nothing was changed.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -100,6 +122,9 @@ pub enum ControlError {
         /// The missing version.
         version: String,
     },
+    /// The state store could not take the change; nothing was changed.
+    #[error("the change was not made because the state store is unavailable: {0}")]
+    Store(String),
     /// The control task is gone (shutting down).
     #[error("weir is shutting down")]
     Closed,
@@ -119,6 +144,9 @@ pub enum ReloadError {
         /// Each problem.
         problems: Vec<Problem>,
     },
+    /// The new split could not be stored; the running config was kept.
+    #[error("the reload was not applied because the state store is unavailable: {0}")]
+    Store(String),
 }
 
 /// What a reload did.
@@ -130,7 +158,7 @@ pub struct Reloaded {
     pub new_revisions: Vec<String>,
 }
 
-/// The control state: config, histories, and the snapshot it stores.
+/// The control state: config, histories, the state store, and the snapshot it stores.
 #[derive(Debug)]
 pub struct Control {
     config: Config,
@@ -141,16 +169,33 @@ pub struct Control {
     metrics: Metrics,
     health: Option<Health>,
     discovered: DiscoveredPools,
+    /// Where the histories are kept; written before a change is published.
+    store: Store,
+    /// The stored document's version this state is based on (compare-and-swap).
+    stored: Version,
+    /// The stored document's sequence.
+    sequence: u64,
+    /// Per app, the config file's split the stored state was last reconciled with.
+    file_splits: BTreeMap<String, BTreeMap<String, i64>>,
+    /// Per app, a rollout's progress, kept for the rollout controller.
+    rollouts: BTreeMap<String, serde_json::Value>,
+    /// Stored apps this config does not have (another replica's config, mid-upgrade): kept
+    /// as they are, so this replica's writes do not erase them.
+    foreign: BTreeMap<String, AppState>,
+    /// This replica's name, written into the document.
+    identity: String,
+    /// Set while the stored state, as last read, cannot be used: changes are refused.
+    broken: Option<String>,
+    applied: watch::Sender<Applied>,
 }
 
 impl Control {
-    /// Builds and stores the first snapshot from a validated config.
+    /// Builds and stores the first snapshot from a validated config, with no durable state.
     pub fn new(config: Config, metrics: Metrics) -> Self {
-        let histories = config
-            .apps
-            .iter()
-            .map(|(name, app)| (name.clone(), History::new(config_weights(app), config.admin.history_limit)))
-            .collect();
+        let limit = config.admin.history_limit;
+        let histories =
+            config.apps.iter().map(|(name, app)| (name.clone(), History::new(config_weights(app), limit))).collect();
+        let file_splits = config.apps.iter().map(|(name, app)| (name.clone(), app.split.clone())).collect();
         let mut control = Control {
             histories,
             snapshot: Writer::new(Snapshot { generation: 0, apps: Box::new([]), listeners: Box::new([]) }),
@@ -159,9 +204,196 @@ impl Control {
             config_path: None,
             health: None,
             discovered: DiscoveredPools::new(),
+            store: Store::Memory,
+            stored: None,
+            sequence: 0,
+            file_splits,
+            rollouts: BTreeMap::new(),
+            foreign: BTreeMap::new(),
+            identity: String::new(),
+            broken: None,
+            applied: watch::Sender::new(Applied::default()),
         };
         control.publish();
         control
+    }
+
+    /// Builds the control state from `store`: its stored state wins over the config file's
+    /// split, except for apps whose `split` section changed since the state was written (the
+    /// file's split becomes a new revision), and apps the state does not have yet. When that
+    /// changes what is stored, it is written before this returns. A state that cannot be read
+    /// is an error naming it, unless `state.on_unreadable = "start_from_config"`.
+    pub async fn open(config: Config, metrics: Metrics, store: Store, identity: String) -> Result<Self, StoreError> {
+        let on_unreadable = config.state.on_unreadable;
+        let mut control = Control::new(config, metrics);
+        control.store = store;
+        control.identity = identity;
+        for _ in 0..MAX_CONFLICTS {
+            let loaded = match control.store.load().await {
+                Err(StoreError::Unreadable { what, reason })
+                    if on_unreadable == crate::config::OnUnreadable::StartFromConfig =>
+                {
+                    let aside = control.store.set_aside().await?;
+                    tracing::warn!(
+                        state = %what, %reason, kept_as = %aside,
+                        "the stored state is unreadable; set it aside and starting from the config file's split \
+                         (state.on_unreadable = \"start_from_config\")"
+                    );
+                    continue;
+                }
+                other => other?,
+            };
+            let must_write = control.reconcile(loaded.doc.as_ref());
+            control.stored = loaded.version;
+            if !must_write {
+                control.publish();
+                return Ok(control);
+            }
+            let histories = control.histories.clone();
+            match control.commit(histories).await {
+                Err(StoreError::Conflict) => continue,
+                other => return other.map(|()| control),
+            }
+        }
+        Err(StoreError::Unavailable("the stored state kept changing while this weir started; start it again".into()))
+    }
+
+    /// A receiver of what this replica has applied, updated after every stored snapshot.
+    pub fn applied(&self) -> watch::Receiver<Applied> {
+        self.applied.subscribe()
+    }
+
+    /// Where the state is kept, for logs.
+    pub fn store(&self) -> &Store {
+        &self.store
+    }
+
+    /// Takes a stored document (or none) as this replica's state at start: see
+    /// [`Control::open`]. Returns whether the store must be written to agree.
+    fn reconcile(&mut self, doc: Option<&Document>) -> bool {
+        let limit = self.config.admin.history_limit;
+        let mut must_write = doc.is_none();
+        self.sequence = doc.map_or(0, |d| d.sequence);
+        self.rollouts.clear();
+        self.foreign = doc
+            .map(|d| d.apps.iter().filter(|(a, _)| !self.config.apps.contains_key(*a)))
+            .into_iter()
+            .flatten()
+            .map(|(a, s)| (a.clone(), s.clone()))
+            .collect();
+        for (name, app) in &self.config.apps {
+            let stored = doc.and_then(|d| d.apps.get(name));
+            let history = match stored.and_then(|s| History::from_revisions(s.revisions.clone(), limit)) {
+                None => {
+                    must_write = true;
+                    History::new(config_weights(app), limit)
+                }
+                Some(mut history) => {
+                    let s = stored.expect("a history came from it");
+                    if let Some(r) = &s.rollout {
+                        self.rollouts.insert(name.clone(), r.clone());
+                    }
+                    let why = if s.file_split != app.split {
+                        Some("the config file's split changed since the state was written")
+                    } else if routed_weights(&history.current().weights, app).is_none() {
+                        Some("the stored split gives no traffic to any version the config file has")
+                    } else {
+                        None
+                    };
+                    if let Some(why) = why {
+                        tracing::info!(app = %name, "{why}: its split becomes a new revision");
+                        history.record(config_weights(app), why.into(), Cause::Config, String::new());
+                        must_write = true;
+                    } else {
+                        tracing::info!(app = %name, revision = history.current().number, "split restored from the state");
+                    }
+                    history
+                }
+            };
+            self.histories.insert(name.clone(), history);
+            self.file_splits.insert(name.clone(), app.split.clone());
+        }
+        must_write
+    }
+
+    /// Applies a document another replica stored (read from the store's watch): every app
+    /// this config has takes its history from it. Older documents than the one applied, and
+    /// this replica's own writes coming back, change nothing.
+    pub fn adopt(&mut self, doc: Document, version: Version) {
+        if doc.sequence < self.sequence || (doc.sequence == self.sequence && version == self.stored) {
+            return;
+        }
+        let limit = self.config.admin.history_limit;
+        for (name, s) in &doc.apps {
+            if !self.config.apps.contains_key(name) {
+                continue;
+            }
+            let Some(history) = History::from_revisions(s.revisions.clone(), limit) else { continue };
+            self.histories.insert(name.clone(), history);
+            self.file_splits.insert(name.clone(), s.file_split.clone());
+            match &s.rollout {
+                Some(r) => self.rollouts.insert(name.clone(), r.clone()),
+                None => self.rollouts.remove(name),
+            };
+        }
+        self.foreign = doc.apps.into_iter().filter(|(a, _)| !self.config.apps.contains_key(a.as_str())).collect();
+        tracing::info!(sequence = doc.sequence, by = %doc.written_by, "applied the state another replica stored");
+        self.sequence = doc.sequence;
+        self.stored = version;
+        self.broken = None;
+        self.publish();
+    }
+
+    /// The store's watch read a document it cannot use: keep routing by what was applied,
+    /// refuse changes until a readable one arrives.
+    pub fn unreadable(&mut self, why: String) {
+        tracing::error!("{why}; routing stays as last applied and changes are refused until it is readable again");
+        self.broken = Some(why);
+    }
+
+    /// The stored document for these histories, one sequence further.
+    fn document(&self, histories: &BTreeMap<String, History>) -> Document {
+        let mut apps = self.foreign.clone();
+        for (name, h) in histories {
+            apps.insert(
+                name.clone(),
+                AppState {
+                    file_split: self.file_splits.get(name).cloned().unwrap_or_default(),
+                    revisions: h.iter().cloned().collect(),
+                    rollout: self.rollouts.get(name).cloned(),
+                },
+            );
+        }
+        Document { format: FORMAT, sequence: self.sequence + 1, written_by: self.identity.clone(), apps }
+    }
+
+    /// Stores `histories` (compare-and-swap on the version this state is based on), then
+    /// makes them the state in force and publishes the snapshot. On any error nothing
+    /// changed.
+    async fn commit(&mut self, histories: BTreeMap<String, History>) -> Result<(), StoreError> {
+        let doc = self.document(&histories);
+        let result = self.store.write(&doc, &self.stored).await;
+        self.metrics.state_write(match &result {
+            Ok(_) => "ok",
+            Err(StoreError::Conflict) => "conflict",
+            Err(_) => "unavailable",
+        });
+        let version = result?;
+        self.histories = histories;
+        self.stored = version;
+        self.sequence = doc.sequence;
+        self.publish();
+        Ok(())
+    }
+
+    /// Re-reads the store after a lost compare-and-swap and adopts what it holds.
+    async fn refresh(&mut self) -> Result<(), StoreError> {
+        let loaded = self.store.load().await?;
+        match loaded.doc {
+            Some(doc) => self.adopt(doc, loaded.version),
+            None => self.stored = loaded.version,
+        }
+        Ok(())
     }
 
     /// Remembers the file this config came from, for reloads.
@@ -188,7 +420,7 @@ impl Control {
     }
 
     /// Re-reads the config file and applies it.
-    pub fn reload_file(&mut self) -> Result<Reloaded, ReloadError> {
+    pub async fn reload_file(&mut self) -> Result<Reloaded, ReloadError> {
         let path = self.config_path.as_ref().ok_or(ReloadError::NoConfigFile)?;
         let config = Config::load(path).map_err(|e| {
             let problems = match &e {
@@ -197,14 +429,14 @@ impl Control {
             };
             ReloadError::Invalid { message: e.to_string(), problems }
         })?;
-        self.reload(config)
+        self.reload(config).await
     }
 
     /// Applies a validated config as one new snapshot. Per app, the newest intent wins: a
     /// changed `split` section becomes a new revision; an unchanged one keeps the split in
     /// force (set by the admin API, say), re-keyed to the new set of versions, unless that
     /// would leave no traffic anywhere, in which case the file's split applies.
-    pub fn reload(&mut self, new: Config) -> Result<Reloaded, ReloadError> {
+    pub async fn reload(&mut self, new: Config) -> Result<Reloaded, ReloadError> {
         let restart = |field: &str| Problem {
             field: field.into(),
             location: None,
@@ -220,6 +452,9 @@ impl Control {
         if new.runtime != self.config.runtime {
             problems.push(restart("runtime"));
         }
+        if new.state != self.config.state {
+            problems.push(restart("state"));
+        }
         if new.kubernetes != self.config.kubernetes || discovery_of(&new) != discovery_of(&self.config) {
             problems.push(restart("discovery"));
         }
@@ -231,7 +466,8 @@ impl Control {
         let mut histories = BTreeMap::new();
         for (name, app) in &new.apps {
             let from_file = config_weights(app);
-            let (Some(old_app), Some(mut history)) = (self.config.apps.get(name), self.histories.remove(name)) else {
+            let (Some(old_app), Some(mut history)) = (self.config.apps.get(name), self.histories.get(name).cloned())
+            else {
                 histories.insert(name.clone(), History::new(from_file, new.admin.history_limit));
                 continue;
             };
@@ -241,19 +477,36 @@ impl Control {
                 .keys()
                 .map(|v| (v.clone(), history.current().weights.get(v).copied().unwrap_or(0)))
                 .collect();
-            let target = if old_app.split != app.split || kept.values().all(|&w| w == 0) { from_file } else { kept };
+            let file_changed = self.file_splits.get(name) != Some(&app.split) && old_app.split != app.split;
+            let target = if file_changed || kept.values().all(|&w| w == 0) { from_file } else { kept };
             if target != history.current().weights {
                 history.record(target, String::new(), Cause::Reload, String::new());
                 new_revisions.push(name.clone());
             }
             histories.insert(name.clone(), history);
         }
-        if !self.histories.is_empty() {
-            tracing::info!(apps = ?self.histories.keys().collect::<Vec<_>>(), "apps removed by reload");
+        let removed: Vec<&String> = self.histories.keys().filter(|a| !new.apps.contains_key(*a)).collect();
+        if !removed.is_empty() {
+            tracing::info!(apps = ?removed, "apps removed by reload");
         }
-        self.histories = histories;
-        self.config = new;
-        self.publish();
+        let file_splits: BTreeMap<String, BTreeMap<String, i64>> =
+            new.apps.iter().map(|(n, a)| (n.clone(), a.split.clone())).collect();
+        // Removed apps leave the state too (the store keeps other replicas' apps: `foreign`).
+        let must_write = !new_revisions.is_empty()
+            || file_splits != self.file_splits
+            || histories.keys().ne(self.histories.keys())
+            || new.admin.history_limit != self.config.admin.history_limit;
+        let old = std::mem::replace(&mut self.config, new);
+        let old_splits = std::mem::replace(&mut self.file_splits, file_splits);
+        if must_write {
+            if let Err(e) = self.commit(histories).await {
+                (self.config, self.file_splits) = (old, old_splits);
+                return Err(ReloadError::Store(e.to_string()));
+            }
+        } else {
+            self.histories = histories;
+            self.publish();
+        }
         let revisions = self.histories.iter().map(|(a, h)| (a.clone(), h.current().number)).collect();
         tracing::info!(?revisions, ?new_revisions, "config reloaded");
         Ok(Reloaded { revisions, new_revisions })
@@ -270,10 +523,42 @@ impl Control {
         Ok(h.iter().cloned().collect())
     }
 
-    /// Validates and applies one change; on success the new snapshot is stored on return.
-    pub fn apply(&mut self, req: ChangeRequest) -> Result<Outcome, ControlError> {
+    /// Validates and applies one change: stored first, then published; on success the new
+    /// snapshot is stored on return. A write that lost a race with another replica is
+    /// re-based on the newer state and re-checked (its `If-Match` included).
+    pub async fn apply(&mut self, req: ChangeRequest) -> Result<Outcome, ControlError> {
+        for _ in 0..MAX_CONFLICTS {
+            if let Some(why) = &self.broken {
+                return Err(ControlError::Store(why.clone()));
+            }
+            let Some((weights, cause)) = self.plan(&req)? else {
+                let current = self.histories[&req.app].current().number;
+                return Ok(Outcome { revision: current, changed: false, sequence: self.sequence });
+            };
+            let mut histories = self.histories.clone();
+            let history = histories.get_mut(&req.app).expect("every app has a history");
+            let revision = history.record(weights, req.reason.clone(), cause, req.by.clone()).number;
+            match self.commit(histories).await {
+                Ok(()) => {
+                    let current = self.histories[&req.app].current();
+                    tracing::info!(app = %req.app, revision, by = %req.by, weights = ?current.weights, cause = ?current.cause, "split changed");
+                    return Ok(Outcome { revision, changed: true, sequence: self.sequence });
+                }
+                Err(StoreError::Conflict) => {
+                    tracing::info!(app = %req.app, "another replica changed the state meanwhile; checking the change again on it");
+                    self.refresh().await.map_err(|e| ControlError::Store(e.to_string()))?;
+                }
+                Err(e) => return Err(ControlError::Store(e.to_string())),
+            }
+        }
+        Err(ControlError::Store("the state kept changing under this change; try again".into()))
+    }
+
+    /// Checks a change against the current state: the weights and cause of the revision it
+    /// makes, or `None` when it asks for what is already in force.
+    fn plan(&self, req: &ChangeRequest) -> Result<Option<Planned>, ControlError> {
         let app_cfg = self.config.apps.get(&req.app).ok_or_else(|| ControlError::UnknownApp(req.app.clone()))?;
-        let history = self.histories.get_mut(&req.app).expect("every app has a history");
+        let history = &self.histories[&req.app];
         let current = history.current();
         if let Some(expected) = req.if_match
             && expected != current.number
@@ -281,7 +566,7 @@ impl Control {
             return Err(ControlError::Stale { expected, current: current.number });
         }
         let versions = || app_cfg.versions.keys();
-        let (weights, cause) = match req.change {
+        let (weights, cause) = match req.change.clone() {
             Change::Split(w) => {
                 let problems = validate_weights(&w, versions());
                 if !problems.is_empty() {
@@ -292,7 +577,7 @@ impl Control {
             Change::Promote(version) => {
                 if !app_cfg.versions.contains_key(&version) {
                     let known = versions().cloned().collect::<Vec<_>>().join(", ");
-                    return Err(ControlError::UnknownVersion { app: req.app, version, known });
+                    return Err(ControlError::UnknownVersion { app: req.app.clone(), version, known });
                 }
                 let w = versions().map(|v| (v.clone(), u32::from(*v == version) * 100)).collect();
                 (w, Cause::Promote { version })
@@ -312,13 +597,7 @@ impl Control {
                 (w, Cause::Rollback { to: target.number })
             }
         };
-        if weights == current.weights {
-            return Ok(Outcome { revision: current.number, changed: false });
-        }
-        let revision = history.record(weights, req.reason, cause, req.by.clone()).number;
-        tracing::info!(app = %req.app, revision, by = %req.by, weights = ?history.current().weights, cause = ?history.current().cause, "split changed");
-        self.publish();
-        Ok(Outcome { revision, changed: true })
+        Ok((weights != current.weights).then_some((weights, cause)))
     }
 
     /// Builds the snapshot from the current config and histories and stores it.
@@ -327,7 +606,9 @@ impl Control {
             .histories
             .iter()
             .map(|(app, h)| {
-                (app.clone(), SplitState { revision: h.current().number, weights: h.current().weights.clone() })
+                let app_cfg = &self.config.apps[app];
+                let weights = routed_weights(&h.current().weights, app_cfg).unwrap_or_else(|| config_weights(app_cfg));
+                (app.clone(), SplitState { revision: h.current().number, weights })
             })
             .collect();
         let prev = self.snapshot.load_full();
@@ -348,7 +629,18 @@ impl Control {
         if let Some(health) = &mut self.health {
             health.sync(&next);
         }
+        let revisions = self.histories.iter().map(|(a, h)| (a.clone(), h.current().number)).collect();
+        self.applied.send_replace(Applied { sequence: self.sequence, revisions });
     }
+}
+
+/// A stored revision's weights keyed by `app`'s versions (a version this config does not
+/// have gets no traffic; one the revision does not name gets 0), or `None` when that leaves
+/// no traffic anywhere.
+fn routed_weights(weights: &BTreeMap<String, u32>, app: &config::AppConfig) -> Option<BTreeMap<String, u32>> {
+    let routed: BTreeMap<String, u32> =
+        app.versions.keys().map(|v| (v.clone(), weights.get(v).copied().unwrap_or(0))).collect();
+    routed.values().any(|&w| w > 0).then_some(routed)
 }
 
 /// Every (app, version) that uses discovery, with its source.
@@ -402,6 +694,9 @@ pub enum Command {
     Reload(oneshot::Sender<Result<Reloaded, ReloadError>>),
     /// A discovery source's new endpoint list for one pool.
     Discovered(PoolKey, Vec<Discovered>, oneshot::Sender<()>),
+    /// The store's watch read the stored document (another replica's write, or this one's
+    /// coming back), or a document it cannot use.
+    Stored(Result<(Document, Version), String>),
 }
 
 /// Sends commands to the control task. Cheap to clone.
@@ -433,6 +728,11 @@ impl ControlHandle {
         rx.await.map_err(|_| ControlError::Closed)
     }
 
+    /// Hands what the store's watch read to the control task.
+    pub async fn stored(&self, read: Result<(Document, Version), String>) -> Result<(), ControlError> {
+        self.tx.send(Command::Stored(read)).await.map_err(|_| ControlError::Closed)
+    }
+
     /// An app's kept revisions.
     pub async fn history(&self, app: &str) -> Result<Vec<Revision>, ControlError> {
         let (tx, rx) = oneshot::channel();
@@ -452,8 +752,10 @@ pub fn spawn(mut control: Control, cancel: CancellationToken) -> (ControlHandle,
             };
             match cmd {
                 Command::Change(req, reply) => {
-                    let _ = reply.send(control.apply(req));
+                    let _ = reply.send(control.apply(req).await);
                 }
+                Command::Stored(Ok((doc, version))) => control.adopt(doc, version),
+                Command::Stored(Err(why)) => control.unreadable(why),
                 Command::History(app, reply) => {
                     let _ = reply.send(control.history(&app));
                 }
@@ -462,7 +764,7 @@ pub fn spawn(mut control: Control, cancel: CancellationToken) -> (ControlHandle,
                     let _ = reply.send(());
                 }
                 Command::Reload(reply) => {
-                    let result = control.reload_file();
+                    let result = control.reload_file().await;
                     if let Err(e) = &result {
                         tracing::error!("reload refused, running config unchanged:\n{e}");
                     }

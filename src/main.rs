@@ -57,12 +57,19 @@ enum Command {
         /// Bind the demo backends to free ports instead of 127.0.0.1:18081-18084.
         #[arg(long)]
         ephemeral_backends: bool,
+        /// Keep the split and its history in this directory, so a restarted demo resumes
+        /// where it was. Default: a temporary directory removed at exit.
+        #[arg(long)]
+        state_dir: Option<PathBuf>,
     },
     /// Run Weir with a config file.
     Serve {
         /// Path of the TOML config.
         #[arg(long, short, env = "WEIR_CONFIG")]
         config: PathBuf,
+        /// Keep the split and its history in this directory (overrides `[state] dir`).
+        #[arg(long, env = "WEIR_STATE_DIR")]
+        state_dir: Option<PathBuf>,
     },
     /// Validate a config file and print every problem with its line:column.
     Check {
@@ -142,12 +149,32 @@ fn run(command: Command) -> Result<ExitCode> {
                 ExitCode::FAILURE
             }
         }),
-        Command::Serve { config: path } => {
-            let config = Config::load(&path)?;
+        Command::Serve { config: path, state_dir } => {
+            let mut config = Config::load(&path)?;
+            if let Some(dir) = state_dir {
+                anyhow::ensure!(
+                    config.state.kubernetes.is_none(),
+                    "--state-dir cannot be used with [state.kubernetes] in {}",
+                    path.display()
+                );
+                config.state.dir = Some(dir);
+            }
             runtime(config.runtime.worker_threads)?.block_on(serve(config, Some(path), None))
         }
-        Command::Demo { listen, admin, ephemeral_backends } => runtime(0)?.block_on(async move {
+        Command::Demo { listen, admin, ephemeral_backends, state_dir } => runtime(0)?.block_on(async move {
             let mut config = Config::parse(weir::demo::DEMO_CONFIG, "config/demo.toml")?;
+            // The demo keeps its state like any Weir; by default in a temporary directory.
+            let temp = match state_dir {
+                Some(dir) => {
+                    config.state.dir = Some(dir);
+                    None
+                }
+                None => {
+                    let temp = tempfile::Builder::new().prefix("weir-demo-state-").tempdir()?;
+                    config.state.dir = Some(temp.path().to_path_buf());
+                    Some(temp)
+                }
+            };
             config.admin.addr = admin;
             for l in config.listeners.values_mut() {
                 l.addr = listen;
@@ -156,6 +183,7 @@ fn run(command: Command) -> Result<ExitCode> {
             weir::demo::start_backends(&mut config, ephemeral_backends, &backends).await?;
             let code = serve(config, None, Some(weir::demo::banner)).await;
             backends.cancel();
+            drop(temp);
             code
         }),
         Command::Shutdown { admin, wait, timeout } => runtime(1)?.block_on(shutdown(admin, wait, timeout)),

@@ -63,6 +63,7 @@ pub struct Metrics {
     client_connections: IntGaugeVec,
     connection_limit: IntCounterVec,
     client_errors: IntCounterVec,
+    state_writes: IntCounterVec,
     /// Requests whose host matched no app (`weir_unrouted_requests_total`).
     pub unrouted: IntCounter,
 }
@@ -210,8 +211,15 @@ impl Metrics {
              closed for a deadline (header_timeout, body_timeout, send_timeout).",
             &["listener", "reason"],
         );
+        let state_writes = counter(
+            "weir_state_writes_total",
+            "Writes of the durable state (split, history), by result: ok, conflict (another \
+             replica wrote first; the change is re-checked and tried again), unavailable.",
+            &["result"],
+        );
         for c in [
-            Box::new(client_connections.clone()) as Box<dyn prometheus::core::Collector>,
+            Box::new(state_writes.clone()) as Box<dyn prometheus::core::Collector>,
+            Box::new(client_connections.clone()),
             Box::new(connection_limit.clone()),
             Box::new(client_errors.clone()),
             Box::new(requests.clone()),
@@ -235,6 +243,7 @@ impl Metrics {
             registry.register(c).expect("metric names are unique");
         }
         Metrics {
+            state_writes,
             registry,
             requests,
             latency,
@@ -314,6 +323,12 @@ impl Metrics {
     }
 
     /// Publishes an app's current weights and revision.
+    /// Counts one write of the durable state by its result.
+    pub fn state_write(&self, result: &str) {
+        self.state_writes.with_label_values(&[result]).inc();
+    }
+
+    /// Sets the split gauges of one app.
     pub fn set_split(&self, app: &str, weights: &[(&str, u32)], revision: u64) {
         for (version, w) in weights {
             self.weight.with_label_values(&[app, version]).set(i64::from(*w));

@@ -11,6 +11,8 @@ use tokio_util::task::TaskTracker;
 use crate::config::Config;
 use crate::control::admin::Admin;
 use crate::control::discovery::{PoolKey, SyncState};
+use crate::control::state::file::FileStore;
+use crate::control::state::{Replicas, Store, StoreError, default_identity};
 use crate::control::{self, Control, ControlHandle};
 use crate::data::health;
 use crate::data::listener;
@@ -24,6 +26,9 @@ pub enum Error {
     /// Discovery is configured but cannot start.
     #[error("{0}")]
     Discovery(String),
+    /// The state store cannot be opened or read, or its state cannot be used.
+    #[error("{0}")]
+    State(String),
     /// A socket could not be bound.
     #[error("cannot listen on {addr} ({what}): {source}")]
     Bind {
@@ -51,6 +56,10 @@ pub struct Running {
     pub metrics: Metrics,
     /// Whether every discovered pool has synced.
     pub sync: Arc<SyncState>,
+    /// What this replica has applied (state sequence, revisions).
+    pub applied: tokio::sync::watch::Receiver<control::Applied>,
+    /// The state store's tasks (watch, lease reports): awaited last on shutdown.
+    state_tasks: Vec<tokio::task::JoinHandle<()>>,
     ready: Arc<AtomicBool>,
     /// Cancelled by the admin API's `POST /shutdown`.
     shutdown_requested: CancellationToken,
@@ -76,7 +85,10 @@ pub async fn start(config: Config) -> Result<Running, Error> {
 pub async fn start_with(config: Config, path: Option<std::path::PathBuf>) -> Result<Running, Error> {
     let grace = config.runtime.shutdown_grace;
     let metrics = Metrics::new();
-    let mut control = Control::new(config.clone(), metrics.clone()).with_config_path(path);
+    let (store, state) = open_store(&config).await?;
+    let mut control = open_control(&config, &metrics, store, &state.identity).await?.with_config_path(path);
+    let applied = control.applied();
+    let replicas = state.replicas(&applied);
     let snapshot = control.routes();
     // One token per phase, so shutdown can stop traffic, admin and control in that order.
     let (traffic_cancel, admin_cancel, control_cancel) =
@@ -106,13 +118,15 @@ pub async fn start_with(config: Config, path: Option<std::path::PathBuf>) -> Res
         health::first_results(first, limit).await;
     }
     let (control, control_task) = control::spawn(control, control_cancel.clone());
+    let state_tasks = state.spawn(&control, &applied, &control_cancel);
     let pools = control::discovery_of(&config);
     let sync = Arc::new(SyncState::new(pools.keys().cloned()));
     start_discovery(&config, pools, &control, &sync, &metrics, &control_cancel).await?;
     let admin_addr = admin_socket.local_addr().expect("bound socket has an address");
     let shutdown_requested = CancellationToken::new();
     let admin = Admin::new(snapshot.clone(), control.clone(), metrics.clone(), Arc::clone(&ready), Arc::clone(&sync))
-        .with_shutdown(shutdown_requested.clone());
+        .with_shutdown(shutdown_requested.clone())
+        .with_replicas(replicas);
     let admin_task = tokio::spawn(admin.serve(admin_socket, admin_cancel.clone(), grace));
 
     // Opened once discovery has listed every pool and `/ready` says so: traffic never
@@ -179,6 +193,8 @@ pub async fn start_with(config: Config, path: Option<std::path::PathBuf>) -> Res
         snapshot,
         metrics,
         sync,
+        applied,
+        state_tasks,
         ready,
         shutdown_requested,
         drain_delay: config.runtime.drain_delay,
@@ -227,6 +243,115 @@ impl Running {
         let _ = self.admin_task.await;
         self.control_cancel.cancel();
         let _ = self.control_task.await;
+        // The lease reporter deletes this replica's Lease on its way out (bounded by the
+        // store's API timeout).
+        for task in self.state_tasks {
+            let _ = task.await;
+        }
+    }
+}
+
+/// The state store a config asks for, with what its tasks need.
+struct StateSetup {
+    identity: String,
+    #[cfg(feature = "kubernetes")]
+    kube: Option<(Arc<crate::control::state::kube::KubeStore>, crate::control::state::kube::Leases)>,
+}
+
+impl StateSetup {
+    fn replicas(&self, applied: &tokio::sync::watch::Receiver<control::Applied>) -> Replicas {
+        #[cfg(feature = "kubernetes")]
+        if let Some((_, leases)) = &self.kube {
+            return Replicas::Kube(Box::new(leases.clone()));
+        }
+        Replicas::Local { identity: self.identity.clone(), applied: applied.clone() }
+    }
+
+    /// Starts the Kubernetes store's watch and this replica's lease reports.
+    fn spawn(
+        self,
+        control: &ControlHandle,
+        applied: &tokio::sync::watch::Receiver<control::Applied>,
+        cancel: &CancellationToken,
+    ) -> Vec<tokio::task::JoinHandle<()>> {
+        #[cfg(feature = "kubernetes")]
+        if let Some((store, leases)) = self.kube {
+            return vec![
+                tokio::spawn(store.watch(control.clone(), cancel.child_token())),
+                tokio::spawn(leases.run(applied.clone(), cancel.child_token())),
+            ];
+        }
+        let _ = (control, applied, cancel);
+        Vec::new()
+    }
+}
+
+/// Opens the store `[state]` names.
+async fn open_store(config: &Config) -> Result<(Store, StateSetup), Error> {
+    let identity = config.state.kubernetes.as_ref().and_then(|k| k.identity.clone()).unwrap_or_else(default_identity);
+    if let Some(dir) = &config.state.dir {
+        let store = FileStore::open(dir).map_err(|e| Error::State(e.to_string()))?;
+        #[cfg(feature = "kubernetes")]
+        return Ok((Store::File(Arc::new(store)), StateSetup { identity, kube: None }));
+        #[cfg(not(feature = "kubernetes"))]
+        return Ok((Store::File(Arc::new(store)), StateSetup { identity }));
+    }
+    if let Some(k) = &config.state.kubernetes {
+        #[cfg(feature = "kubernetes")]
+        {
+            let client = crate::control::discovery::kube::client(&config.kubernetes)
+                .await
+                .map_err(|e| Error::State(e.to_string()))?;
+            let store = Arc::new(crate::control::state::kube::KubeStore::new(client, k));
+            let leases = store.leases(k, &identity);
+            return Ok((Store::Kube(Arc::clone(&store)), StateSetup { identity, kube: Some((store, leases)) }));
+        }
+        #[cfg(not(feature = "kubernetes"))]
+        {
+            let _ = k;
+            return Err(Error::State("state.kubernetes needs a weir built with the `kubernetes` feature".into()));
+        }
+    }
+    tracing::warn!(
+        "no [state] store is configured: the split lives in memory, and a restart goes back to the config \
+         file's split and forgets the history (set state.dir, or state.kubernetes in a cluster)"
+    );
+    #[cfg(feature = "kubernetes")]
+    return Ok((Store::Memory, StateSetup { identity, kube: None }));
+    #[cfg(not(feature = "kubernetes"))]
+    return Ok((Store::Memory, StateSetup { identity }));
+}
+
+/// Builds the control state from the store. An unreachable store is tried again for a few
+/// seconds; a state that cannot be used stops the start with what to do about it (Weir never
+/// guesses a split, and never silently goes back to the file's).
+async fn open_control(config: &Config, metrics: &Metrics, store: Store, identity: &str) -> Result<Control, Error> {
+    const TRIES: u32 = 10;
+    let describe = store.describe();
+    let mut attempt = 0;
+    loop {
+        attempt += 1;
+        match Control::open(config.clone(), metrics.clone(), store.clone(), identity.to_owned()).await {
+            Ok(control) => {
+                tracing::info!(state = %describe, "state store opened");
+                return Ok(control);
+            }
+            Err(StoreError::Unreadable { what, reason }) => {
+                return Err(Error::State(format!(
+                    "the state in {what} cannot be read: {reason}\n\
+                     weir will not guess a split, nor silently go back to the config file's. To recover, either:\n  \
+                     - fix it (it is the JSON document weir wrote), or remove it to start from the config file's \
+                     split (history is lost), or\n  \
+                     - set state.on_unreadable = \"start_from_config\": weir keeps its text aside and starts from \
+                     the config file's split"
+                )));
+            }
+            Err(e) if attempt < TRIES => {
+                tracing::warn!(state = %describe, attempt, "cannot open the state store, trying again in 1s: {e}");
+                tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+            }
+            Err(e) => return Err(Error::State(format!("cannot open the state store ({describe}): {e}"))),
+        }
     }
 }
 

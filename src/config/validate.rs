@@ -52,6 +52,20 @@ pub(super) fn validate(config: &Config) -> Vec<Problem> {
     if config.admin.history_limit < 2 {
         out.push(problem("admin.history_limit", "must be at least 2 to allow a rollback"));
     }
+    if config.state.dir.is_some() && config.state.kubernetes.is_some() {
+        out.push(problem("state", "set either state.dir or state.kubernetes, not both"));
+    }
+    if let Some(k) = &config.state.kubernetes {
+        if k.name.is_empty() || k.name.len() > 253 {
+            out.push(problem("state.kubernetes.name", "must be a ConfigMap name of 1 to 253 characters"));
+        }
+        if k.lease_duration < std::time::Duration::from_secs(1) {
+            out.push(problem("state.kubernetes.lease_duration", "must be at least 1s"));
+        }
+        if k.api_timeout.is_zero() {
+            out.push(problem("state.kubernetes.api_timeout", "must be above zero"));
+        }
+    }
     if config.listeners.is_empty() {
         out.push(problem("listeners", "at least one listener is required"));
     }

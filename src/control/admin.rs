@@ -19,6 +19,7 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
 use crate::control::discovery::SyncState;
+use crate::control::state::{Replica, Replicas};
 use crate::control::{Change, ChangeRequest, ControlError, ControlHandle};
 use crate::data::listener::{self, CheckHeads, ClientBody, ConnMetrics, Connections, Limits};
 use crate::data::proxy::ResponseBody;
@@ -42,6 +43,8 @@ pub struct Admin {
     sync: Arc<SyncState>,
     /// Cancelled by `POST /shutdown`: Weir drains and exits, as on SIGTERM.
     shutdown: tokio_util::sync::CancellationToken,
+    /// Every replica's report of what it applied (`GET /cluster`, `?wait=all`).
+    replicas: Option<Replicas>,
 }
 
 impl Admin {
@@ -53,7 +56,12 @@ impl Admin {
         ready: Arc<AtomicBool>,
         sync: Arc<SyncState>,
     ) -> Self {
-        Admin { snapshot, control, metrics, ready, sync, shutdown: Default::default() }
+        Admin { snapshot, control, metrics, ready, sync, shutdown: Default::default(), replicas: None }
+    }
+
+    /// Where `GET /cluster` and `?wait=all` read every replica's report.
+    pub fn with_replicas(self, replicas: Replicas) -> Self {
+        Admin { replicas: Some(replicas), ..self }
     }
 
     /// `POST /shutdown` cancels `token` (the server drains and exits on it).
@@ -110,6 +118,10 @@ impl Admin {
                 self.shutdown.cancel();
                 Ok(json_response(StatusCode::ACCEPTED, &json!({ "shutting_down": true })))
             }
+            (["cluster"], &Method::GET) => {
+                let replicas = self.list_replicas().await?;
+                Ok(json_response(StatusCode::OK, &json!({ "replicas": replicas })))
+            }
             (["apps"], &Method::GET) => {
                 let snap = self.snapshot.load();
                 Ok(json_response(
@@ -132,7 +144,7 @@ impl Admin {
                 self.change(app, &action, req).await
             }
             (["reload" | "shutdown"], _) => Err(ApiError::method("POST")),
-            (["live" | "ready" | "metrics" | "apps"] | ["apps", _] | ["apps", _, "history"], _) => {
+            (["live" | "ready" | "metrics" | "apps" | "cluster"] | ["apps", _] | ["apps", _, "history"], _) => {
                 Err(ApiError::method("GET"))
             }
             (["apps", _, action @ ("split" | "promote" | "rollback")], _) => {
@@ -157,6 +169,7 @@ impl Admin {
         req: Request<ClientBody>,
     ) -> Result<Response<ResponseBody>, ApiError> {
         let if_match = request::if_match(req.headers())?;
+        let wait = request::wait(req.uri().query())?;
         let (change, reason) = match action {
             "split" => {
                 let body: request::SplitBody = request::json_body(req, true).await?.expect("required body");
@@ -180,7 +193,53 @@ impl Admin {
         let a = snap.app(&app).ok_or(ControlError::UnknownApp(app))?;
         let mut body = view::app(a, &self.sync);
         body["changed"] = json!(outcome.changed);
-        Ok(with_etag(json_response(StatusCode::OK, &body), outcome.revision))
+        let mut status = StatusCode::OK;
+        if let Some(timeout) = wait {
+            let waited = self.wait_all(outcome.sequence, timeout).await;
+            if !waited["all_applied"].as_bool().unwrap_or(false) {
+                // Stored and in force here; not confirmed everywhere within the timeout.
+                status = StatusCode::ACCEPTED;
+            }
+            body["wait"] = waited;
+        }
+        Ok(with_etag(json_response(status, &body), outcome.revision))
+    }
+
+    async fn list_replicas(&self) -> Result<Vec<Replica>, ApiError> {
+        let Some(replicas) = &self.replicas else { return Ok(Vec::new()) };
+        replicas.list().await.map_err(|e| {
+            ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "state_unavailable",
+                format!("cannot read the replicas' reports: {e}"),
+            )
+        })
+    }
+
+    /// Waits until every live replica reports state `sequence` or later, or `timeout`; says
+    /// which replicas had not (the laggards) when it gives up.
+    async fn wait_all(&self, sequence: u64, timeout: Duration) -> serde_json::Value {
+        let start = tokio::time::Instant::now();
+        loop {
+            let (replicas, error) = match self.list_replicas().await {
+                Ok(r) => (r, None),
+                Err(e) => (Vec::new(), Some(e.message().to_owned())),
+            };
+            let live: Vec<&Replica> = replicas.iter().filter(|r| r.live).collect();
+            let laggards: Vec<&&Replica> = live.iter().filter(|r| r.sequence < sequence).collect();
+            let done = error.is_none() && laggards.is_empty();
+            if done || start.elapsed() >= timeout {
+                return json!({
+                    "all_applied": done,
+                    "sequence": sequence,
+                    "waited_ms": start.elapsed().as_millis() as u64,
+                    "applied": live.iter().filter(|r| r.sequence >= sequence).map(|r| &r.name).collect::<Vec<_>>(),
+                    "laggards": laggards,
+                    "error": error,
+                });
+            }
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
     }
 }
 

@@ -61,6 +61,12 @@ mod rfc3339 {
     }
 }
 
+/// Now, to the millisecond: what is shown and stored, so a stored revision reads back equal.
+fn now() -> SystemTime {
+    let since = SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).unwrap_or_default();
+    SystemTime::UNIX_EPOCH + std::time::Duration::from_millis(since.as_millis() as u64)
+}
+
 /// The revisions of one app, newest last, at most `limit` of them.
 #[derive(Debug, Clone)]
 pub struct History {
@@ -71,15 +77,20 @@ pub struct History {
 impl History {
     /// A history whose revision 1 is the config's split.
     pub fn new(weights: BTreeMap<String, u32>, limit: usize) -> Self {
-        let first = Revision {
-            number: 1,
-            weights,
-            reason: String::new(),
-            cause: Cause::Config,
-            by: String::new(),
-            at: SystemTime::now(),
-        };
+        let first =
+            Revision { number: 1, weights, reason: String::new(), cause: Cause::Config, by: String::new(), at: now() };
         History { revisions: VecDeque::from([first]), limit: limit.max(2) }
+    }
+
+    /// A history of stored revisions (oldest first, numbers increasing), keeping the newest
+    /// `limit`; `None` when there are none.
+    pub fn from_revisions(revisions: Vec<Revision>, limit: usize) -> Option<Self> {
+        if revisions.is_empty() {
+            return None;
+        }
+        let mut history = History { revisions: revisions.into(), limit: limit.max(2) };
+        history.set_limit(limit);
+        Some(history)
     }
 
     /// The revision in force.
@@ -113,7 +124,7 @@ impl History {
     /// Records new weights as the next revision, dropping the oldest beyond the limit.
     pub fn record(&mut self, weights: BTreeMap<String, u32>, reason: String, cause: Cause, by: String) -> &Revision {
         let number = self.current().number + 1;
-        self.revisions.push_back(Revision { number, weights, reason, cause, by, at: SystemTime::now() });
+        self.revisions.push_back(Revision { number, weights, reason, cause, by, at: now() });
         while self.revisions.len() > self.limit {
             self.revisions.pop_front();
         }

@@ -89,6 +89,11 @@ impl ApiError {
         }
     }
 
+    /// What it says.
+    pub fn message(&self) -> &str {
+        &self.message
+    }
+
     /// Also closes the connection after answering.
     pub fn closing(self) -> Self {
         ApiError { close: true, ..self }
@@ -127,6 +132,7 @@ impl From<ControlError> for ApiError {
             ControlError::NoSuchRevision(_) => (StatusCode::NOT_FOUND, "unknown_revision"),
             ControlError::NothingToRollBack => (StatusCode::CONFLICT, "nothing_to_roll_back"),
             ControlError::RevisionObsolete { .. } => (StatusCode::CONFLICT, "revision_obsolete"),
+            ControlError::Store(_) => (StatusCode::SERVICE_UNAVAILABLE, "state_unavailable"),
             ControlError::Closed => (StatusCode::SERVICE_UNAVAILABLE, "shutting_down"),
         };
         let details = match e {
@@ -144,6 +150,7 @@ impl From<ReloadError> for ApiError {
     fn from(e: ReloadError) -> Self {
         match e {
             ReloadError::NoConfigFile => ApiError::new(StatusCode::CONFLICT, "no_config_file", e.to_string()),
+            ReloadError::Store(_) => ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "state_unavailable", e.to_string()),
             ReloadError::Invalid { message, problems } => {
                 let details = problems
                     .into_iter()
@@ -170,6 +177,37 @@ impl From<Invalid> for ApiError {
         };
         ApiError { details: detail.into_iter().collect(), ..ApiError::new(StatusCode::BAD_REQUEST, code, message) }
     }
+}
+
+/// Longest `?wait=all` (and its default).
+pub const WAIT_MAX: Duration = Duration::from_secs(60);
+const WAIT_DEFAULT: Duration = Duration::from_secs(10);
+
+/// Parses the query of a change: `wait=all` (answer once every live replica applied it) and
+/// `timeout=5s` (how long to wait; default 10 s, at most 60 s). `None`: do not wait.
+pub fn wait(query: Option<&str>) -> Result<Option<Duration>, ApiError> {
+    let bad = |m: String| ApiError::new(StatusCode::BAD_REQUEST, "invalid_query", m);
+    let (mut wait, mut timeout) = (false, None);
+    for pair in query.unwrap_or("").split('&').filter(|p| !p.is_empty()) {
+        let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
+        match k {
+            "wait" if v == "all" => wait = true,
+            "wait" => return Err(bad(format!("wait must be \"all\", not {v:?}"))),
+            "timeout" => {
+                let d = humantime::parse_duration(v)
+                    .map_err(|e| bad(format!("timeout must be a duration like 5s, not {v:?}: {e}")))?;
+                if d.is_zero() || d > WAIT_MAX {
+                    return Err(bad(format!("timeout must be above 0 and at most {}s", WAIT_MAX.as_secs())));
+                }
+                timeout = Some(d);
+            }
+            _ => return Err(bad(format!("unknown query parameter {k:?}; this call takes wait=all and timeout"))),
+        }
+    }
+    if timeout.is_some() && !wait {
+        return Err(bad("timeout only applies with wait=all".into()));
+    }
+    Ok(wait.then(|| timeout.unwrap_or(WAIT_DEFAULT)))
 }
 
 /// Parses `If-Match: 3`, `"3"` or `*` (any revision).
