@@ -1,5 +1,6 @@
-//! A stand-in Kubernetes API server for the resources Weir watches (EndpointSlices, Pods),
-//! speaking the wire protocol kube-rs' watcher uses, on 127.0.0.1.
+//! A stand-in Kubernetes API server for the resources Weir watches (EndpointSlices, Pods) and
+//! the ones it keeps its state in (ConfigMaps, Leases), speaking the wire protocol kube-rs
+//! uses, on 127.0.0.1.
 //!
 //! Faithful: list with `labelSelector` (equality and set-based), `limit`/`continue`, list
 //! `metadata.resourceVersion` and per-object `resourceVersion` from one global counter; watch
@@ -7,10 +8,13 @@
 //! matching arrives as DELETED with its previous content and the new resourceVersion; BOOKMARK
 //! events carry kind and apiVersion; the stream ends cleanly at `timeoutSeconds` (capped by
 //! `max_watch`); a too-old resourceVersion gets HTTP 200 and an in-stream ERROR Status 410.
-//! Objects are built by serializing k8s-openapi types.
+//! Objects are built by serializing k8s-openapi types. ConfigMaps and Leases also take GET of
+//! one object, POST (create: 409 AlreadyExists), PUT (replace: 409 Conflict when the body's
+//! `metadata.resourceVersion` is not the stored one, unconditional without it, 404 when
+//! missing) and DELETE, and `fieldSelector=metadata.name=<name>` on list and watch.
 //!
 //! Not covered compared with a real API server: authentication and RBAC (see the manifest
-//! test), field selectors, `resourceVersionMatch` semantics, streaming lists
+//! test), field selectors other than `metadata.name`, PATCH, `resourceVersionMatch` semantics, streaming lists
 //! (`sendInitialEvents`), protobuf, HTTP/2, and admission/validation of the objects.
 #![allow(dead_code)]
 
@@ -53,6 +57,8 @@ struct State {
     /// Pending forced failures: (status, watch requests only).
     failures: VecDeque<(u16, bool)>,
     requests: Vec<String>,
+    /// Replaces refused with 409 Conflict.
+    conflicts: u64,
 }
 
 /// The stand-in API server.
@@ -205,23 +211,149 @@ impl FakeKube {
                 return status_response(status, "injected failure");
             }
         }
-        let segments: Vec<&str> = path.trim_matches('/').split('/').collect();
-        let (resource, namespace) = match segments.as_slice() {
+        let segments: Vec<String> = path.trim_matches('/').split('/').map(str::to_string).collect();
+        let segments: Vec<&str> = segments.iter().map(String::as_str).collect();
+        let (resource, namespace, name) = match segments.as_slice() {
             ["apis", "discovery.k8s.io", "v1", "namespaces", ns, "endpointslices"] => {
-                ("endpointslices", ns.to_string())
+                ("endpointslices", ns.to_string(), None)
             }
-            ["api", "v1", "namespaces", ns, "pods"] => ("pods", ns.to_string()),
+            ["api", "v1", "namespaces", ns, "pods"] => ("pods", ns.to_string(), None),
+            ["api", "v1", "namespaces", ns, "configmaps", rest @ ..] if rest.len() <= 1 => {
+                ("configmaps", ns.to_string(), rest.first().map(|n| n.to_string()))
+            }
+            ["apis", "coordination.k8s.io", "v1", "namespaces", ns, "leases", rest @ ..] if rest.len() <= 1 => {
+                ("leases", ns.to_string(), rest.first().map(|n| n.to_string()))
+            }
             _ => return status_response(404, &format!("the server could not find the requested resource {path}")),
         };
-        let selector = match Selector::parse(query.get("labelSelector").map_or("", String::as_str)) {
+        let method = req.method().clone();
+        if name.is_some() || method != http::Method::GET {
+            let body = match req.into_body().collect().await {
+                Ok(b) => b.to_bytes(),
+                Err(e) => return status_response(400, &format!("reading the body: {e}")),
+            };
+            return self.object(method, resource, namespace, name, &body);
+        }
+        let mut selector = match Selector::parse(query.get("labelSelector").map_or("", String::as_str)) {
             Ok(s) => s,
             Err(e) => return status_response(400, &format!("unable to parse requirement: {e}")),
         };
+        if let Some(fields) = query.get("fieldSelector").filter(|f| !f.is_empty()) {
+            match fields.strip_prefix("metadata.name==").or_else(|| fields.strip_prefix("metadata.name=")) {
+                Some(n) if !n.contains(',') => selector.0.push(Requirement::Name(n.to_string())),
+                _ => {
+                    return status_response(400, &format!("the stand-in supports only metadata.name=, not {fields:?}"));
+                }
+            }
+        }
         if watch {
             self.watch(resource, namespace, selector, &query)
         } else {
             self.list(resource, &namespace, &selector, &query)
         }
+    }
+
+    /// GET, PUT or DELETE of one object; POST (create) to a collection.
+    fn object(
+        &self,
+        method: http::Method,
+        resource: &'static str,
+        ns: String,
+        name: Option<String>,
+        body: &[u8],
+    ) -> Response<Body> {
+        let (kind, api_version) = kind_of(resource);
+        let parsed = || -> Result<Value, Response<Body>> {
+            let mut v: Value =
+                serde_json::from_slice(body).map_err(|e| status_response(400, &format!("bad object: {e}")))?;
+            v["kind"] = json!(kind);
+            v["apiVersion"] = json!(api_version);
+            v["metadata"]["namespace"] = json!(ns);
+            Ok(v)
+        };
+        let mut s = self.state.lock().unwrap();
+        match (method, name) {
+            (http::Method::GET, Some(name)) => match s.objects.get(&(resource, ns.clone(), name.clone())) {
+                Some(o) => json_response(200, o),
+                None => status_response(404, &format!("{resource} \"{name}\" not found")),
+            },
+            (http::Method::POST, None) => {
+                let mut v = match parsed() {
+                    Ok(v) => v,
+                    Err(r) => return r,
+                };
+                let Some(name) = v["metadata"]["name"].as_str().map(str::to_string) else {
+                    return status_response(422, "metadata.name is required");
+                };
+                if s.objects.contains_key(&(resource, ns.clone(), name.clone())) {
+                    return status_response(409, &format!("{resource} \"{name}\" already exists"));
+                }
+                s.rv += 1;
+                v["metadata"]["resourceVersion"] = json!(s.rv.to_string());
+                let change = Change { rv: s.rv, resource, namespace: ns.clone(), old: None, new: Some(v.clone()) };
+                s.objects.insert((resource, ns, name), v.clone());
+                s.log.push(change.clone());
+                let _ = self.changes.send(change);
+                json_response(201, &v)
+            }
+            (http::Method::PUT, Some(name)) => {
+                let mut v = match parsed() {
+                    Ok(v) => v,
+                    Err(r) => return r,
+                };
+                let key = (resource, ns.clone(), name.clone());
+                let Some(old) = s.objects.get(&key).cloned() else {
+                    return status_response(404, &format!("{resource} \"{name}\" not found"));
+                };
+                if let Some(asked) = v["metadata"]["resourceVersion"].as_str().filter(|a| !a.is_empty())
+                    && Some(asked) != old["metadata"]["resourceVersion"].as_str()
+                {
+                    s.conflicts += 1;
+                    return status_response(
+                        409,
+                        &format!(
+                            "Operation cannot be fulfilled on {resource} \"{name}\": the object has been modified; \
+                             please apply your changes to the latest version and try again"
+                        ),
+                    );
+                }
+                s.rv += 1;
+                v["metadata"]["resourceVersion"] = json!(s.rv.to_string());
+                v["metadata"]["name"] = json!(name);
+                let change = Change { rv: s.rv, resource, namespace: ns, old: Some(old), new: Some(v.clone()) };
+                s.objects.insert(key, v.clone());
+                s.log.push(change.clone());
+                let _ = self.changes.send(change);
+                json_response(200, &v)
+            }
+            (http::Method::DELETE, Some(name)) => {
+                let Some(old) = s.objects.remove(&(resource, ns.clone(), name.clone())) else {
+                    return status_response(404, &format!("{resource} \"{name}\" not found"));
+                };
+                s.rv += 1;
+                let change = Change { rv: s.rv, resource, namespace: ns, old: Some(old.clone()), new: None };
+                s.log.push(change.clone());
+                let _ = self.changes.send(change);
+                json_response(200, &old)
+            }
+            (m, _) => status_response(405, &format!("the stand-in does not serve {m} here")),
+        }
+    }
+
+    /// An object as stored, if any.
+    pub fn get_raw(&self, resource: &'static str, namespace: &str, name: &str) -> Option<Value> {
+        self.state.lock().unwrap().objects.get(&(resource, namespace.to_string(), name.to_string())).cloned()
+    }
+
+    /// Objects of `resource` in `namespace`.
+    pub fn list_raw(&self, resource: &'static str, namespace: &str) -> Vec<Value> {
+        let s = self.state.lock().unwrap();
+        s.objects.iter().filter(|((r, n, _), _)| *r == resource && n == namespace).map(|(_, o)| o.clone()).collect()
+    }
+
+    /// PUT requests refused with 409 Conflict so far.
+    pub fn conflicts(&self) -> u64 {
+        self.state.lock().unwrap().conflicts
     }
 
     fn list(
@@ -377,13 +509,17 @@ fn plural<K: k8s_openapi::Resource>() -> &'static str {
     match K::KIND {
         "EndpointSlice" => "endpointslices",
         "Pod" => "pods",
-        other => panic!("the stand-in serves EndpointSlices and Pods, not {other}"),
+        "ConfigMap" => "configmaps",
+        "Lease" => "leases",
+        other => panic!("the stand-in serves EndpointSlices, Pods, ConfigMaps and Leases, not {other}"),
     }
 }
 
 fn kind_of(resource: &str) -> (&'static str, &'static str) {
     match resource {
         "endpointslices" => ("EndpointSlice", "discovery.k8s.io/v1"),
+        "configmaps" => ("ConfigMap", "v1"),
+        "leases" => ("Lease", "coordination.k8s.io/v1"),
         _ => ("Pod", "v1"),
     }
 }
@@ -398,8 +534,12 @@ fn json_response(status: u16, body: &Value) -> Response<Body> {
 
 fn status_response(code: u16, message: &str) -> Response<Body> {
     let reason = match code {
+        400 => "BadRequest",
         403 => "Forbidden",
         404 => "NotFound",
+        405 => "MethodNotAllowed",
+        409 => "Conflict",
+        422 => "Invalid",
         410 => "Expired",
         _ => "InternalError",
     };
@@ -422,6 +562,8 @@ enum Requirement {
     NotIn(String, Vec<String>),
     Exists(String),
     NotExists(String),
+    /// From `fieldSelector=metadata.name=<name>`.
+    Name(String),
 }
 
 impl Selector {
@@ -480,6 +622,7 @@ impl Selector {
             Requirement::NotIn(k, vs) => !get(k).is_some_and(|x| vs.iter().any(|v| v == x)),
             Requirement::Exists(k) => get(k).is_some(),
             Requirement::NotExists(k) => get(k).is_none(),
+            Requirement::Name(n) => object["metadata"]["name"].as_str() == Some(n),
         })
     }
 }

@@ -1,6 +1,7 @@
 //! Shared helpers for integration tests: real backends, a real Weir, a real client, all on
 //! 127.0.0.1 with ephemeral ports.
 #![allow(dead_code)]
+pub mod process;
 pub mod recorder;
 
 use std::collections::BTreeMap;

@@ -187,7 +187,7 @@ impl KubeStore {
     pub async fn watch(self: std::sync::Arc<Self>, control: ControlHandle, cancel: CancellationToken) {
         loop {
             let config = watcher::Config::default().fields(&format!("metadata.name={}", self.name));
-            let mut stream = watcher::watcher(self.api.clone(), config).default_backoff().boxed();
+            let mut stream = watcher::watcher(self.api.clone(), config).backoff(Backoff::default()).boxed();
             let mut errors = 0u32;
             loop {
                 let item = tokio::select! {
@@ -232,6 +232,35 @@ impl KubeStore {
                 () = tokio::time::sleep(Duration::from_millis(500)) => {}
             }
         }
+    }
+}
+
+/// The state watch's retry delays: 250 ms doubling to at most 2 s. Shorter than
+/// kube-runtime's default (up to 30 s): while a replica's watch is down, changes made on other
+/// replicas do not reach it, so it must come back soon after the API server does.
+#[derive(Debug)]
+struct Backoff {
+    next: Duration,
+}
+
+impl Default for Backoff {
+    fn default() -> Self {
+        Backoff { next: Duration::from_millis(250) }
+    }
+}
+
+impl Iterator for Backoff {
+    type Item = Duration;
+    fn next(&mut self) -> Option<Duration> {
+        let now = self.next;
+        self.next = (self.next * 2).min(Duration::from_secs(2));
+        Some(now)
+    }
+}
+
+impl kube::runtime::utils::Backoff for Backoff {
+    fn reset(&mut self) {
+        *self = Backoff::default();
     }
 }
 
