@@ -1,0 +1,225 @@
+//! Three `weir serve` replicas sharing one split through the stand-in Kubernetes API
+//! (tests/common/fake_kube.rs: ConfigMaps with resourceVersion compare-and-swap, Leases,
+//! watches), with 32 clients spread over them the whole time.
+#![cfg(feature = "kubernetes")]
+
+mod common;
+#[path = "common/fake_kube.rs"]
+mod fake_kube;
+
+use std::time::{Duration, Instant};
+
+use common::process::Weir;
+use common::{Backend, Client, Load};
+use fake_kube::FakeKube;
+use k8s_openapi::api::core::v1::ConfigMap;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+use serde_json::json;
+
+fn config(api: &str, identity: &str, v1: &Backend, v2: &Backend) -> String {
+    format!(
+        r#"[admin]
+addr = "{{admin}}"
+[runtime]
+drain_delay = "0s"
+shutdown_grace = "5s"
+[kubernetes]
+api_url = "{api}"
+[state.kubernetes]
+name = "weir-state"
+namespace = "default"
+identity = "{identity}"
+lease_duration = "3s"
+api_timeout = "1s"
+[listeners.main]
+addr = "{{traffic}}"
+[apps.web]
+listener = "main"
+split = {{ v1 = 90, v2 = 10 }}
+versions.v1.endpoints = [{{ name = "v1-0", addr = "{}" }}]
+versions.v2.endpoints = [{{ name = "v2-0", addr = "{}" }}]
+"#,
+        v1.addr, v2.addr
+    )
+}
+
+async fn revision(client: &Client, weir: &Weir) -> Option<u64> {
+    let req = http::Request::get(format!("{}/apps/web", weir.admin)).body(Default::default()).unwrap();
+    client.send(req).await.ok().and_then(|r| r.json()["revision"].as_u64())
+}
+
+/// Polls until every replica routes by `rev` (at most `limit`); returns how long it took.
+async fn converge(client: &Client, replicas: &[Weir], rev: u64, limit: Duration) -> Duration {
+    let start = Instant::now();
+    loop {
+        let mut all = true;
+        for w in replicas {
+            all &= revision(client, w).await == Some(rev);
+        }
+        if all {
+            return start.elapsed();
+        }
+        assert!(start.elapsed() < limit, "replicas did not all reach revision {rev} within {limit:?}");
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+}
+
+fn split(v1: u64, v2: u64) -> String {
+    json!({ "weights": { "v1": v1, "v2": v2 } }).to_string()
+}
+
+async fn put(client: &Client, weir: &Weir, query: &str, body: String, if_match: Option<u64>) -> common::Reply {
+    let mut req =
+        http::Request::put(format!("{}/apps/web/split{query}", weir.admin)).header("content-type", "application/json");
+    if let Some(rev) = if_match {
+        req = req.header("if-match", format!("\"{rev}\""));
+    }
+    let req = req.body(http_body_util::Full::new(bytes::Bytes::from(body))).unwrap();
+    client.send(req).await.unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_replicas_share_one_split() {
+    let fake = FakeKube::start(Duration::from_secs(30)).await;
+    fake.apply(&ConfigMap {
+        metadata: ObjectMeta {
+            name: Some("weir-state".into()),
+            namespace: Some("default".into()),
+            ..Default::default()
+        },
+        ..Default::default()
+    });
+    let (v1, v2) = (Backend::spawn("v1-0", "v1").await, Backend::spawn("v2-0", "v2").await);
+    let dirs: Vec<_> = (0..3).map(|_| tempfile::tempdir().unwrap()).collect();
+    let names = ["weir-a", "weir-b", "weir-c"];
+    let mut replicas: Vec<Weir> =
+        (0..3).map(|i| Weir::spawn(dirs[i].path(), &config(&fake.url(), names[i], &v1, &v2), &[])).collect();
+    for w in &mut replicas {
+        w.ready().await;
+    }
+    let client = Client::new();
+    // 32 clients: 11, 11 and 10 per replica.
+    let mut loads: Vec<Option<Load>> =
+        replicas.iter().enumerate().map(|(i, w)| Some(Load::start(&w.traffic, 11 - i / 2, 1_000_000))).collect();
+    let mut failed = 0u64;
+    let mut ok = 0u64;
+
+    // Every replica reports itself in a Lease: GET /cluster on any lists all three.
+    let mut seen = 0;
+    for _ in 0..200 {
+        let cluster = client.get(&format!("{}/cluster", replicas[1].admin)).await.json();
+        seen = cluster["replicas"].as_array().unwrap().iter().filter(|r| r["live"] == true).count();
+        if seen == 3 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    assert_eq!(seen, 3, "GET /cluster lists the three replicas");
+
+    // A change on any replica is routed by all three: measure how long that takes.
+    let mut times = Vec::new();
+    for i in 0..9u64 {
+        let r = put(&client, &replicas[(i % 3) as usize], "", split(10 + i, 90 - i), None).await;
+        assert_eq!(r.status, 200, "{}", r.body);
+        let rev = r.json()["revision"].as_u64().unwrap();
+        times.push(converge(&client, &replicas, rev, Duration::from_secs(10)).await);
+    }
+    times.sort();
+    eprintln!(
+        "propagation to all 3 replicas over 9 changes: median {:?}, max {:?}",
+        times[times.len() / 2],
+        times[times.len() - 1]
+    );
+
+    // ?wait=all answers once all three applied it: they route by it at once.
+    let r = put(&client, &replicas[1], "?wait=all&timeout=10s", split(0, 100), None).await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    let body = r.json();
+    assert_eq!(body["wait"]["all_applied"], true, "{body}");
+    assert_eq!(body["wait"]["applied"].as_array().unwrap().len(), 3, "{body}");
+    let rev = body["revision"].as_u64().unwrap();
+    for w in &replicas {
+        assert_eq!(revision(&client, w).await, Some(rev), "wait=all answered before {} applied it", w.admin);
+        let counts = common::count_versions(&client, &w.traffic, 20, 2).await;
+        assert_eq!(counts.get("v2"), Some(&20), "{counts:?}");
+    }
+    eprintln!("wait=all answered after {} ms", body["wait"]["waited_ms"]);
+
+    // Two writes at once with the same If-Match, on two replicas: one wins, one gets 412.
+    let (a, c) = tokio::join!(
+        put(&client, &replicas[0], "", split(40, 60), Some(rev)),
+        put(&client, &replicas[2], "", split(60, 40), Some(rev)),
+    );
+    let mut statuses = [a.status.as_u16(), c.status.as_u16()];
+    statuses.sort();
+    assert_eq!(statuses, [200, 412], "a: {} c: {}", a.body, c.body);
+    let rev = rev + 1;
+    converge(&client, &replicas, rev, Duration::from_secs(10)).await;
+    // Without If-Match both apply, one after the other, and both are in the history.
+    let conflicts = fake.conflicts();
+    let (a, c) = tokio::join!(
+        put(&client, &replicas[0], "", split(30, 70), None),
+        put(&client, &replicas[2], "", split(70, 30), None),
+    );
+    assert_eq!((a.status.as_u16(), c.status.as_u16()), (200, 200), "a: {} c: {}", a.body, c.body);
+    let mut revs = [a.json()["revision"].as_u64().unwrap(), c.json()["revision"].as_u64().unwrap()];
+    revs.sort();
+    assert_eq!(revs, [rev + 1, rev + 2]);
+    let rev = rev + 2;
+    converge(&client, &replicas, rev, Duration::from_secs(10)).await;
+    let history = client.get(&format!("{}/apps/web/history", replicas[1].admin)).await.json();
+    let weights: Vec<_> = history["revisions"].as_array().unwrap().iter().map(|r| r["weights"].clone()).collect();
+    assert!(weights.contains(&json!({ "v1": 30, "v2": 70 })) && weights.contains(&json!({ "v1": 70, "v2": 30 })));
+    eprintln!("concurrent writes: {} compare-and-swap conflicts resolved", fake.conflicts() - conflicts);
+
+    // The API server goes away for 10 s: every replica keeps routing by the last split, and
+    // changes answer 503 with the reason; nothing is lost or reset when it returns.
+    fake.down();
+    let down = Instant::now();
+    let r = put(&client, &replicas[0], "", split(50, 50), None).await;
+    assert_eq!(r.status, 503, "{}", r.body);
+    assert_eq!(r.json()["error"]["code"], "state_unavailable", "{}", r.body);
+    for w in &replicas {
+        assert_eq!(revision(&client, w).await, Some(rev), "nothing changed while the API was down");
+    }
+    tokio::time::sleep(Duration::from_secs(10).saturating_sub(down.elapsed())).await;
+    fake.up().await;
+    let up = Instant::now();
+    let rev = loop {
+        let r = put(&client, &replicas[1], "", split(50, 50), None).await;
+        if r.status == 200 {
+            break r.json()["revision"].as_u64().unwrap();
+        }
+        assert!(up.elapsed() < Duration::from_secs(15), "writes did not work again: {}", r.body);
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert_eq!(rev, revs[1] + 1, "the numbering went on where it was");
+    let took = converge(&client, &replicas, rev, Duration::from_secs(15)).await;
+    eprintln!(
+        "after 10 s without the API: first write {:?} after it returned, all converged {took:?} later",
+        up.elapsed() - took
+    );
+
+    // One replica killed (its clients stopped first: in a cluster the Service stops sending
+    // to it) and restarted: it comes back on the current split.
+    let report = loads[2].take().unwrap().stop().await;
+    (ok, failed) = (ok + report.ok, failed + report.failed);
+    replicas[2].kill9();
+    let r = put(&client, &replicas[0], "", split(20, 80), None).await;
+    let rev = r.json()["revision"].as_u64().unwrap();
+    replicas[2].start();
+    replicas[2].ready().await;
+    assert_eq!(revision(&client, &replicas[2]).await, Some(rev), "a restarted replica starts on the current split");
+    loads[2] = Some(Load::start(&replicas[2].traffic, 10, 1_000_000));
+    tokio::time::sleep(Duration::from_millis(500)).await;
+
+    for load in loads.into_iter().flatten() {
+        let report = load.stop().await;
+        ok += report.ok;
+        failed += report.failed;
+        assert!(report.errors.is_empty(), "{:?}", report.errors);
+    }
+    eprintln!("32 clients over 3 replicas: {ok} requests, {failed} failed");
+    assert_eq!(failed, 0);
+    assert!(ok > 1000, "the clients ran: {ok}");
+}
