@@ -263,9 +263,8 @@ impl FakeKube {
         body: &[u8],
     ) -> Response<Body> {
         let (kind, api_version) = kind_of(resource);
-        let parsed = || -> Result<Value, Response<Body>> {
-            let mut v: Value =
-                serde_json::from_slice(body).map_err(|e| status_response(400, &format!("bad object: {e}")))?;
+        let parsed = || -> Result<Value, String> {
+            let mut v: Value = serde_json::from_slice(body).map_err(|e| format!("bad object: {e}"))?;
             v["kind"] = json!(kind);
             v["apiVersion"] = json!(api_version);
             v["metadata"]["namespace"] = json!(ns);
@@ -280,7 +279,7 @@ impl FakeKube {
             (http::Method::POST, None) => {
                 let mut v = match parsed() {
                     Ok(v) => v,
-                    Err(r) => return r,
+                    Err(e) => return status_response(400, &e),
                 };
                 let Some(name) = v["metadata"]["name"].as_str().map(str::to_string) else {
                     return status_response(422, "metadata.name is required");
@@ -299,7 +298,7 @@ impl FakeKube {
             (http::Method::PUT, Some(name)) => {
                 let mut v = match parsed() {
                     Ok(v) => v,
-                    Err(r) => return r,
+                    Err(e) => return status_response(400, &e),
                 };
                 let key = (resource, ns.clone(), name.clone());
                 let Some(old) = s.objects.get(&key).cloned() else {
