@@ -9,6 +9,7 @@ pub mod admin;
 pub mod build;
 pub mod discovery;
 pub mod revision;
+pub mod rollout;
 pub mod state;
 
 use std::collections::BTreeMap;

@@ -4,7 +4,8 @@
 //! A request's way: [`listener`] (accept, deadlines, the HTTP/1 and h2 connection drivers) →
 //! [`http1`] (the framing rules every head passes) → [`proxy`] (route, split, attempts, the
 //! codec) → [`split`] (version) → [`pool`] (endpoint) → [`upstream`] (pooled connections).
-//! Beside it: [`health`] (probes flip endpoint atomics) and [`outlier`] (passive ejection).
+//! Beside it: [`health`] (probes flip endpoint atomics), [`outlier`] (passive ejection) and
+//! [`sketch`] (latency histograms for canary analysis).
 
 pub mod clock;
 pub mod health;
@@ -13,6 +14,7 @@ pub mod listener;
 pub mod outlier;
 pub mod pool;
 pub mod proxy;
+pub mod sketch;
 pub mod snapshot;
 pub mod split;
 pub mod upstream;

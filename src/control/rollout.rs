@@ -1,0 +1,3 @@
+//! Progressive rollouts run by Weir: steps, canary analysis and automatic rollback.
+
+pub mod analysis;
