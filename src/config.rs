@@ -171,13 +171,22 @@ fn default_namespace() -> String {
 #[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct AdminConfig {
-    /// Address of the admin API. Default `127.0.0.1:9901` (loopback only: the admin API has no
-    /// authentication, so expose it deliberately).
+    /// Address of the admin API. Default `127.0.0.1:9901`. A non-loopback address needs
+    /// `tokens_file` (or, deliberately, `allow_unauthenticated = true`).
     #[serde(default = "default_admin_addr")]
     pub addr: SocketAddr,
     /// Revisions kept per app for `GET /apps/{app}/history` and rollback. Default 100, min 2.
     #[serde(default = "default_history_limit")]
     pub history_limit: usize,
+    /// Named bearer tokens (`[tokens.NAME] secret = "…", access = "read" | "change"`): every
+    /// admin call but `/live`, `/ready` and `/metrics` then needs one. Re-read when it
+    /// changes. Without it, only loopback clients may call.
+    #[serde(default)]
+    pub tokens_file: Option<std::path::PathBuf>,
+    /// Lets any client call the admin API without a token (an `addr` that is not loopback,
+    /// with no `tokens_file`, is refused without this). Default false.
+    #[serde(default)]
+    pub allow_unauthenticated: bool,
 }
 
 /// `[runtime]`: process settings.
@@ -627,7 +636,12 @@ fn default_idle_timeout() -> Duration {
 
 impl Default for AdminConfig {
     fn default() -> Self {
-        Self { addr: default_admin_addr(), history_limit: default_history_limit() }
+        Self {
+            addr: default_admin_addr(),
+            history_limit: default_history_limit(),
+            tokens_file: None,
+            allow_unauthenticated: false,
+        }
     }
 }
 

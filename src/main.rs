@@ -140,6 +140,10 @@ fn init_logs(format: LogFormat) {
 fn run(command: Command) -> Result<ExitCode> {
     match command {
         Command::Check { config } => Ok(match Config::load(&config) {
+            Ok(c) if c.admin.tokens_file.is_some() && weir::control::admin::auth::Auth::new(&c.admin).is_err() => {
+                eprintln!("{}", weir::control::admin::auth::Auth::new(&c.admin).unwrap_err());
+                ExitCode::FAILURE
+            }
             Ok(c) => {
                 println!("{}: ok ({} app(s), {} listener(s))", config.display(), c.apps.len(), c.listeners.len());
                 ExitCode::SUCCESS

@@ -26,6 +26,9 @@ pub enum Error {
     /// Discovery is configured but cannot start.
     #[error("{0}")]
     Discovery(String),
+    /// The admin API's tokens file cannot be used.
+    #[error("{0}")]
+    Auth(String),
     /// The state store cannot be opened or read, or its state cannot be used.
     #[error("{0}")]
     State(String),
@@ -85,6 +88,10 @@ pub async fn start(config: Config) -> Result<Running, Error> {
 pub async fn start_with(config: Config, path: Option<std::path::PathBuf>) -> Result<Running, Error> {
     let grace = config.runtime.shutdown_grace;
     let metrics = Metrics::new();
+    let auth = crate::control::admin::auth::Auth::new(&config.admin).map_err(Error::Auth)?;
+    if config.admin.allow_unauthenticated && !config.admin.addr.ip().is_loopback() {
+        tracing::warn!(addr = %config.admin.addr, "the admin API is open to any client (admin.allow_unauthenticated)");
+    }
     let (store, state) = open_store(&config).await?;
     let mut control = open_control(&config, &metrics, store, &state.identity).await?.with_config_path(path);
     let applied = control.applied();
@@ -126,7 +133,8 @@ pub async fn start_with(config: Config, path: Option<std::path::PathBuf>) -> Res
     let shutdown_requested = CancellationToken::new();
     let admin = Admin::new(snapshot.clone(), control.clone(), metrics.clone(), Arc::clone(&ready), Arc::clone(&sync))
         .with_shutdown(shutdown_requested.clone())
-        .with_replicas(replicas);
+        .with_replicas(replicas)
+        .with_auth(auth);
     let admin_task = tokio::spawn(admin.serve(admin_socket, admin_cancel.clone(), grace));
 
     // Opened once discovery has listed every pool and `/ready` says so: traffic never

@@ -52,6 +52,19 @@ pub(super) fn validate(config: &Config) -> Vec<Problem> {
     if config.admin.history_limit < 2 {
         out.push(problem("admin.history_limit", "must be at least 2 to allow a rollback"));
     }
+    if !config.admin.addr.ip().is_loopback()
+        && config.admin.tokens_file.is_none()
+        && !config.admin.allow_unauthenticated
+    {
+        out.push(problem(
+            "admin.addr",
+            format!(
+                "{} is reachable from other hosts and the admin API would have no authentication: set \
+                 admin.tokens_file, or admin.allow_unauthenticated = true if it is meant to be open",
+                config.admin.addr
+            ),
+        ));
+    }
     if config.state.dir.is_some() && config.state.kubernetes.is_some() {
         out.push(problem("state", "set either state.dir or state.kubernetes, not both"));
     }

@@ -4,6 +4,7 @@
 //! after the new snapshot is stored. Every refusal is a 4xx with a JSON body saying what is
 //! wrong, and changes nothing.
 
+pub mod auth;
 mod json;
 mod request;
 mod view;
@@ -45,6 +46,8 @@ pub struct Admin {
     shutdown: tokio_util::sync::CancellationToken,
     /// Every replica's report of what it applied (`GET /cluster`, `?wait=all`).
     replicas: Option<Replicas>,
+    /// Who may call what.
+    auth: Arc<auth::Auth>,
 }
 
 impl Admin {
@@ -56,7 +59,13 @@ impl Admin {
         ready: Arc<AtomicBool>,
         sync: Arc<SyncState>,
     ) -> Self {
-        Admin { snapshot, control, metrics, ready, sync, shutdown: Default::default(), replicas: None }
+        let auth = Arc::new(auth::Auth::open());
+        Admin { snapshot, control, metrics, ready, sync, shutdown: Default::default(), replicas: None, auth }
+    }
+
+    /// Who may call what (default: everyone).
+    pub fn with_auth(self, auth: auth::Auth) -> Self {
+        Admin { auth: Arc::new(auth), ..self }
     }
 
     /// Where `GET /cluster` and `?wait=all` read every replica's report.
@@ -83,13 +92,9 @@ impl Admin {
     }
 
     /// Serves one admin request.
-    pub async fn handle(
-        self,
-        req: Request<ClientBody>,
-        _client: crate::data::listener::Peer,
-    ) -> Response<ResponseBody> {
+    pub async fn handle(self, req: Request<ClientBody>, client: crate::data::listener::Peer) -> Response<ResponseBody> {
         let had_body = !http_body::Body::is_end_stream(req.body());
-        match self.route(req).await {
+        match self.route(req, client.addr.ip().to_canonical()).await {
             Ok(resp) => resp,
             // A refused request's body may be unread, which leaves the connection unusable.
             Err(e) if had_body => e.closing().into_response(),
@@ -97,10 +102,23 @@ impl Admin {
         }
     }
 
-    async fn route(&self, req: Request<ClientBody>) -> Result<Response<ResponseBody>, ApiError> {
+    async fn route(
+        &self,
+        req: Request<ClientBody>,
+        peer: std::net::IpAddr,
+    ) -> Result<Response<ResponseBody>, ApiError> {
         let path = req.uri().path().trim_end_matches('/').to_owned();
         let segments: Vec<&str> = path.split('/').skip(1).collect();
         let method = req.method().clone();
+        // Probes and scrapes stay open; every other call is checked before anything is read.
+        let open = matches!(segments.as_slice(), ["live" | "ready" | "metrics"]);
+        let by = if open {
+            String::new()
+        } else {
+            let need = if method == Method::GET { auth::Access::Read } else { auth::Access::Change };
+            let shutdown = segments.as_slice() == ["shutdown"];
+            self.auth.check(req.headers(), peer, need, shutdown)?
+        };
         match (segments.as_slice(), &method) {
             (["live"], &Method::GET) => Ok(text(StatusCode::OK, "live\n", "text/plain; charset=utf-8")),
             (["ready"], &Method::GET) => Ok(if self.ready.load(Ordering::Acquire) {
@@ -141,7 +159,7 @@ impl Admin {
             (["apps", app, action @ ("split" | "promote" | "rollback")], m) if allowed(action) == m => {
                 let app = (*app).to_owned();
                 let action = (*action).to_owned();
-                self.change(app, &action, req).await
+                self.change(app, &action, req, by).await
             }
             (["reload" | "shutdown"], _) => Err(ApiError::method("POST")),
             (["live" | "ready" | "metrics" | "apps" | "cluster"] | ["apps", _] | ["apps", _, "history"], _) => {
@@ -167,6 +185,7 @@ impl Admin {
         app: String,
         action: &str,
         req: Request<ClientBody>,
+        by: String,
     ) -> Result<Response<ResponseBody>, ApiError> {
         let if_match = request::if_match(req.headers())?;
         let wait = request::wait(req.uri().query())?;
@@ -184,10 +203,7 @@ impl Admin {
                 (Change::Rollback(body.revision), body.reason)
             }
         };
-        let outcome = self
-            .control
-            .change(ChangeRequest { app: app.clone(), change, reason, if_match, by: String::new() })
-            .await?;
+        let outcome = self.control.change(ChangeRequest { app: app.clone(), change, reason, if_match, by }).await?;
         // The control task stored the snapshot before replying: this load sees the change.
         let snap = self.snapshot.load();
         let a = snap.app(&app).ok_or(ControlError::UnknownApp(app))?;

@@ -65,6 +65,8 @@ pub struct ApiError {
     message: String,
     details: Vec<(String, String)>,
     allow: Option<&'static str>,
+    /// Say `WWW-Authenticate: Bearer` (a 401).
+    challenge: bool,
     /// The request body was left unread: the connection cannot carry another request, so
     /// say `Connection: close` or a client would reuse it and fail its next request.
     close: bool,
@@ -73,7 +75,25 @@ pub struct ApiError {
 impl ApiError {
     /// An error with no details.
     pub fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
-        ApiError { status, code, message: message.into(), details: Vec::new(), allow: None, close: false }
+        ApiError {
+            status,
+            code,
+            message: message.into(),
+            details: Vec::new(),
+            allow: None,
+            challenge: false,
+            close: false,
+        }
+    }
+
+    /// 401 with `WWW-Authenticate: Bearer realm="weir"`.
+    pub fn unauthenticated(message: &str) -> Self {
+        ApiError { challenge: true, ..Self::new(StatusCode::UNAUTHORIZED, "unauthenticated", message) }
+    }
+
+    /// Its status.
+    pub fn status(&self) -> StatusCode {
+        self.status
     }
 
     /// 405 with the allowed method.
@@ -112,6 +132,10 @@ impl ApiError {
         let mut resp = super::json_response(self.status, &self.body());
         if let Some(allow) = self.allow {
             resp.headers_mut().insert(header::ALLOW, header::HeaderValue::from_static(allow));
+        }
+        if self.challenge {
+            resp.headers_mut()
+                .insert(header::WWW_AUTHENTICATE, header::HeaderValue::from_static("Bearer realm=\"weir\""));
         }
         if self.close {
             resp.headers_mut().insert(header::CONNECTION, header::HeaderValue::from_static("close"));

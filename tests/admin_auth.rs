@@ -1,0 +1,128 @@
+//! Only operators change the split: bearer tokens from a file, read or change access, the
+//! token's name in history, rotation of the file, and the refusal to expose an admin API
+//! without authentication. (A client from a non-loopback address being refused without
+//! tokens is a unit test in src/control/admin/auth.rs: test traffic stays on loopback.)
+
+mod common;
+
+use std::time::Duration;
+
+use bytes::Bytes;
+use common::{Backend, Client, config, start, urls};
+use http_body_util::Full;
+
+const TOKENS: &str = "[tokens.ci-pipeline]\nsecret = \"change-me-0123456789\"\naccess = \"change\"\n\
+                      [tokens.dashboard]\nsecret = \"read-only-0123456789\"\naccess = \"read\"\n";
+
+async fn call(client: &Client, method: &str, url: &str, token: Option<&str>, body: &str) -> common::Reply {
+    let mut req = http::Request::builder().method(method).uri(url).header("content-type", "application/json");
+    if let Some(t) = token {
+        req = req.header("authorization", format!("Bearer {t}"));
+    }
+    client.send(req.body(Full::new(Bytes::from(body.to_string()))).unwrap()).await.unwrap()
+}
+
+#[tokio::test]
+async fn tokens_decide_who_reads_and_who_changes() {
+    let (v1, v2) = (Backend::spawn("v1-0", "v1").await, Backend::spawn("v2-0", "v2").await);
+    let dir = tempfile::tempdir().unwrap();
+    let tokens = dir.path().join("tokens.toml");
+    std::fs::write(&tokens, TOKENS).unwrap();
+    let mut text = config(&[("v1", &[&v1]), ("v2", &[&v2])], &[("v1", 90), ("v2", 10)], "");
+    text = text.replacen("[admin]\n", &format!("[admin]\ntokens_file = {:?}\n", tokens.to_str().unwrap()), 1);
+    let weir = start(&text).await;
+    let (_, admin) = urls(&weir);
+    let client = Client::new();
+    let split = |v1: u32, v2: u32| format!(r#"{{"weights":{{"v1":{v1},"v2":{v2}}}}}"#);
+
+    // Probes and scrapes need no token.
+    for open in ["/live", "/ready", "/metrics"] {
+        assert_eq!(call(&client, "GET", &format!("{admin}{open}"), None, "").await.status, 200, "{open}");
+    }
+    // No token, a wrong one: 401 with the challenge, in the JSON error shape.
+    for token in [None, Some("wrong-token-0123456789")] {
+        let r = call(&client, "GET", &format!("{admin}/apps"), token, "").await;
+        assert_eq!(r.status, 401, "{}", r.body);
+        assert_eq!(r.headers["www-authenticate"], "Bearer realm=\"weir\"");
+        assert_eq!(r.json()["error"]["code"], "unauthenticated");
+        let r = call(&client, "PUT", &format!("{admin}/apps/web/split"), token, &split(50, 50)).await;
+        assert_eq!(r.status, 401, "{}", r.body);
+    }
+    // Read access: reads yes, changes 403, and the split is unchanged.
+    let read = Some("read-only-0123456789");
+    assert_eq!(call(&client, "GET", &format!("{admin}/apps/web/history"), read, "").await.status, 200);
+    let r = call(&client, "PUT", &format!("{admin}/apps/web/split"), read, &split(50, 50)).await;
+    assert_eq!(r.status, 403, "{}", r.body);
+    assert_eq!(r.json()["error"]["code"], "forbidden");
+    let r = call(&client, "POST", &format!("{admin}/reload"), read, "").await;
+    assert_eq!(r.status, 403, "{}", r.body);
+    let app = call(&client, "GET", &format!("{admin}/apps/web"), read, "").await.json();
+    assert_eq!((app["revision"].clone(), app["weights"]["v2"].clone()), (1.into(), 10.into()));
+    // Change access: the change is made and history says who made it.
+    let change = Some("change-me-0123456789");
+    let r = call(&client, "PUT", &format!("{admin}/apps/web/split"), change, &split(50, 50)).await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    let history = call(&client, "GET", &format!("{admin}/apps/web/history"), read, "").await.json();
+    assert_eq!(history["revisions"][1]["by"], "ci-pipeline", "{history}");
+    assert_eq!(history["revisions"][0]["by"], "", "revision 1 is the config's");
+
+    // Rotation: the file is re-read when it changes (checked at most once a second).
+    std::fs::write(&tokens, TOKENS.replace("change-me-0123456789", "rotated-secret-0123456789")).unwrap();
+    let mut rotated = false;
+    for _ in 0..100 {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        if call(&client, "GET", &format!("{admin}/apps"), change, "").await.status == 401 {
+            rotated = true;
+            break;
+        }
+    }
+    assert!(rotated, "the old secret still works after rotation");
+    let r = call(&client, "POST", &format!("{admin}/apps/web/rollback"), Some("rotated-secret-0123456789"), "").await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    // A broken file keeps the tokens in force.
+    std::fs::write(&tokens, "[tokens.x]\nsecret = \"short\"\naccess = \"read\"\n").unwrap();
+    tokio::time::sleep(Duration::from_millis(1200)).await;
+    let r = call(&client, "GET", &format!("{admin}/apps"), Some("rotated-secret-0123456789"), "").await;
+    assert_eq!(r.status, 200, "a broken tokens file must not lock operators out: {}", r.body);
+    weir.shutdown().await;
+}
+
+#[test]
+fn an_admin_api_reachable_from_other_hosts_needs_authentication() {
+    let base = "[listeners.main]\naddr = \"127.0.0.1:0\"\n[apps.web]\nlistener = \"main\"\nsplit = { v1 = 1 }\n\
+                versions.v1.endpoints = [{ addr = \"127.0.0.1:1\" }]\n";
+    let open = format!("[admin]\naddr = \"0.0.0.0:9901\"\n{base}");
+    let e = weir::Config::parse(&open, "weir.toml").unwrap_err().to_string();
+    assert!(e.contains("admin.addr") && e.contains("tokens_file") && e.contains("allow_unauthenticated"), "{e}");
+    let told = format!("[admin]\naddr = \"0.0.0.0:9901\"\nallow_unauthenticated = true\n{base}");
+    assert!(weir::Config::parse(&told, "weir.toml").is_ok());
+    let tokens = format!("[admin]\naddr = \"0.0.0.0:9901\"\ntokens_file = \"/etc/weir/tokens.toml\"\n{base}");
+    assert!(weir::Config::parse(&tokens, "weir.toml").is_ok());
+}
+
+#[test]
+fn weir_check_and_start_refuse_a_bad_tokens_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let tokens = dir.path().join("tokens.toml");
+    std::fs::write(&tokens, "[tokens.ci]\nsecret = \"short\"\naccess = \"change\"\n").unwrap();
+    let config = dir.path().join("weir.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[admin]\naddr = \"127.0.0.1:0\"\ntokens_file = {:?}\n[listeners.main]\naddr = \"127.0.0.1:0\"\n\
+             [apps.web]\nlistener = \"main\"\nsplit = {{ v1 = 1 }}\nversions.v1.endpoints = [{{ addr = \"127.0.0.1:1\" }}]\n",
+            tokens.to_str().unwrap()
+        ),
+    )
+    .unwrap();
+    for cmd in ["check", "serve"] {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_weir"))
+            .args([cmd, "--config"])
+            .arg(&config)
+            .output()
+            .unwrap();
+        assert!(!out.status.success(), "{cmd}");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains("tokens.toml") && err.contains("at least 16"), "{cmd}: {err}");
+    }
+}
