@@ -183,10 +183,29 @@ pub struct AdminConfig {
     /// changes. Without it, only loopback clients may call.
     #[serde(default)]
     pub tokens_file: Option<std::path::PathBuf>,
+    /// In-cluster authentication: each caller's bearer token is checked with a Kubernetes
+    /// `TokenReview`, and each call with a `SubjectAccessReview` on `splits.weir.dev` (name =
+    /// the app; verbs get, list, update), `clusters`, `configs` (reload) or `instances`
+    /// (shutdown), so RBAC grants it. Exclusive with `tokens_file`.
+    #[serde(default)]
+    pub kubernetes_auth: Option<AdminKubernetesAuth>,
     /// Lets any client call the admin API without a token (an `addr` that is not loopback,
     /// with no `tokens_file`, is refused without this). Default false.
     #[serde(default)]
     pub allow_unauthenticated: bool,
+}
+
+/// `[admin.kubernetes_auth]`.
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct AdminKubernetesAuth {
+    /// The namespace the access reviews name. Default: `$POD_NAMESPACE`, else the service
+    /// account's, else `default`.
+    #[serde(default)]
+    pub namespace: Option<String>,
+    /// Longest wait for the API server's answer; the call answers 503 after it. Default `5s`.
+    #[serde(default = "default_api_timeout", with = "humantime_serde")]
+    pub api_timeout: Duration,
 }
 
 /// `[runtime]`: process settings.
@@ -640,6 +659,7 @@ impl Default for AdminConfig {
             addr: default_admin_addr(),
             history_limit: default_history_limit(),
             tokens_file: None,
+            kubernetes_auth: None,
             allow_unauthenticated: false,
         }
     }

@@ -88,7 +88,7 @@ pub async fn start(config: Config) -> Result<Running, Error> {
 pub async fn start_with(config: Config, path: Option<std::path::PathBuf>) -> Result<Running, Error> {
     let grace = config.runtime.shutdown_grace;
     let metrics = Metrics::new();
-    let auth = crate::control::admin::auth::Auth::new(&config.admin).map_err(Error::Auth)?;
+    let auth = admin_auth(&config).await?;
     if config.admin.allow_unauthenticated && !config.admin.addr.ip().is_loopback() {
         tracing::warn!(addr = %config.admin.addr, "the admin API is open to any client (admin.allow_unauthenticated)");
     }
@@ -256,6 +256,26 @@ impl Running {
         for task in self.state_tasks {
             let _ = task.await;
         }
+    }
+}
+
+/// The admin API's gate from `[admin]`.
+async fn admin_auth(config: &Config) -> Result<crate::control::admin::auth::Auth, Error> {
+    use crate::control::admin::auth::Auth;
+    let Some(k) = &config.admin.kubernetes_auth else { return Auth::new(&config.admin).map_err(Error::Auth) };
+    #[cfg(feature = "kubernetes")]
+    {
+        let client = crate::control::discovery::kube::client(&config.kubernetes)
+            .await
+            .map_err(|e| Error::Auth(e.to_string()))?;
+        let namespace = crate::control::state::kube::namespace_or(k.namespace.as_deref());
+        tracing::info!(%namespace, "admin callers are checked with TokenReview and SubjectAccessReview");
+        Ok(Auth::kubernetes(crate::control::admin::auth::kube::Reviewer::new(client, namespace, k.api_timeout)))
+    }
+    #[cfg(not(feature = "kubernetes"))]
+    {
+        let _ = k;
+        Err(Error::Auth("admin.kubernetes_auth needs a weir built with the `kubernetes` feature".into()))
     }
 }
 

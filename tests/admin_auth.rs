@@ -126,3 +126,64 @@ fn weir_check_and_start_refuse_a_bad_tokens_file() {
         assert!(err.contains("tokens.toml") && err.contains("at least 16"), "{cmd}: {err}");
     }
 }
+
+/// In-cluster: TokenReview says who calls, SubjectAccessReview what they may do, against the
+/// stand-in API server (tests/common/fake_kube.rs).
+#[cfg(feature = "kubernetes")]
+#[path = "common/fake_kube.rs"]
+mod fake_kube;
+
+#[cfg(feature = "kubernetes")]
+#[tokio::test]
+async fn kubernetes_identities_and_rbac_decide() {
+    let fake = fake_kube::FakeKube::start(Duration::from_secs(30)).await;
+    fake.add_user("token-of-ci-000000", "system:serviceaccount:apps:weir-deployer", &["system:serviceaccounts"]);
+    fake.add_user("token-of-viewer-00", "alice@example.com", &[]);
+    fake.grant("system:serviceaccount:apps:weir-deployer", "update", "splits", "web");
+    fake.grant("system:serviceaccount:apps:weir-deployer", "get", "splits", "web");
+    fake.grant("alice@example.com", "get", "splits", "web");
+    let (v1, v2) = (Backend::spawn("v1-0", "v1").await, Backend::spawn("v2-0", "v2").await);
+    let mut text = config(&[("v1", &[&v1]), ("v2", &[&v2])], &[("v1", 90), ("v2", 10)], "");
+    text =
+        text.replacen("[admin]\n", "[admin.kubernetes_auth]\nnamespace = \"apps\"\napi_timeout = \"1s\"\n[admin]\n", 1);
+    text.push_str(&format!("[kubernetes]\napi_url = \"{}\"\n", fake.url()));
+    let weir = start(&text).await;
+    let (_, admin) = urls(&weir);
+    let client = Client::new();
+    let body = r#"{"weights":{"v1":50,"v2":50}}"#;
+
+    let r = call(&client, "PUT", &format!("{admin}/apps/web/split"), Some("not-a-token"), body).await;
+    assert_eq!(r.status, 401, "{}", r.body);
+    let r = call(&client, "PUT", &format!("{admin}/apps/web/split"), Some("token-of-viewer-00"), body).await;
+    assert_eq!(r.status, 403, "{}", r.body);
+    assert!(r.json()["error"]["message"].as_str().unwrap().contains("update splits.weir.dev \"web\""), "{}", r.body);
+    assert_eq!(call(&client, "GET", &format!("{admin}/apps/web"), Some("token-of-viewer-00"), "").await.status, 200);
+    assert_eq!(call(&client, "GET", &format!("{admin}/apps"), Some("token-of-viewer-00"), "").await.status, 403);
+    let r = call(&client, "PUT", &format!("{admin}/apps/web/split"), Some("token-of-ci-000000"), body).await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    let history =
+        call(&client, "GET", &format!("{admin}/apps/web/history"), Some("token-of-ci-000000"), "").await.json();
+    assert_eq!(history["revisions"][1]["by"], "system:serviceaccount:apps:weir-deployer");
+    // The review carried the caller and the call's attributes.
+    let reviews = fake.access_reviews();
+    let update = reviews
+        .iter()
+        .find(|r| {
+            r["resourceAttributes"]["verb"] == "update" && r["user"] == "system:serviceaccount:apps:weir-deployer"
+        })
+        .expect("an update review for the CI account");
+    assert_eq!(update["groups"], serde_json::json!(["system:serviceaccounts"]));
+    assert_eq!(
+        update["resourceAttributes"],
+        serde_json::json!({ "group": "weir.dev", "resource": "splits", "name": "web", "namespace": "apps", "verb": "update" })
+    );
+    // API server gone: a call whose answer is not cached is not let in (503); the answers
+    // of the last 10 s still hold.
+    fake.down();
+    let r = call(&client, "GET", &format!("{admin}/cluster"), Some("token-of-ci-000000"), "").await;
+    assert_eq!(r.status, 503, "{}", r.body);
+    assert_eq!(r.json()["error"]["code"], "auth_unavailable");
+    let r = call(&client, "POST", &format!("{admin}/apps/web/rollback"), Some("token-of-ci-000000"), "").await;
+    assert_eq!(r.status, 200, "cached for 10 s: {}", r.body);
+    weir.shutdown().await;
+}

@@ -60,7 +60,7 @@ pub(super) fn validate(config: &Config) -> Vec<Problem> {
             "admin.addr",
             format!(
                 "{} is reachable from other hosts and the admin API would have no authentication: set \
-                 admin.tokens_file, or admin.allow_unauthenticated = true if it is meant to be open",
+                 admin.tokens_file or admin.kubernetes_auth, or admin.allow_unauthenticated = true if it is meant to be open",
                 config.admin.addr
             ),
         ));

@@ -115,9 +115,7 @@ impl Admin {
         let by = if open {
             String::new()
         } else {
-            let need = if method == Method::GET { auth::Access::Read } else { auth::Access::Change };
-            let shutdown = segments.as_slice() == ["shutdown"];
-            self.auth.check(req.headers(), peer, need, shutdown)?
+            self.auth.check(req.headers(), peer, &target(&segments, &method)).await?
         };
         match (segments.as_slice(), &method) {
             (["live"], &Method::GET) => Ok(text(StatusCode::OK, "live\n", "text/plain; charset=utf-8")),
@@ -272,6 +270,20 @@ fn refusal(status: StatusCode, why: &str) -> (&'static str, Bytes) {
         _ => "bad_request",
     };
     ("application/json", json_text(&ApiError::new(status, code, why).body()).into())
+}
+
+/// A call as Weir's virtual Kubernetes resource, for authorization (one table: here).
+fn target<'a>(segments: &[&'a str], method: &Method) -> auth::Target<'a> {
+    use auth::Target;
+    let write = *method != Method::GET;
+    match segments {
+        ["apps"] => Target { verb: "list", resource: "splits", name: None },
+        ["apps", app, ..] => Target { verb: if write { "update" } else { "get" }, resource: "splits", name: Some(app) },
+        ["reload"] => Target { verb: "update", resource: "configs", name: None },
+        ["shutdown"] => Target { verb: "delete", resource: "instances", name: None },
+        // `/cluster`, and anything else (answered 404/405 once let in).
+        _ => Target { verb: if write { "update" } else { "get" }, resource: "clusters", name: None },
+    }
 }
 
 fn allowed(action: &str) -> Method {

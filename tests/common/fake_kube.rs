@@ -13,8 +13,11 @@
 //! `metadata.resourceVersion` is not the stored one, unconditional without it, 404 when
 //! missing) and DELETE, and `fieldSelector=metadata.name=<name>` on list and watch.
 //!
-//! Not covered compared with a real API server: authentication and RBAC (see the manifest
-//! test), field selectors other than `metadata.name`, PATCH, `resourceVersionMatch` semantics, streaming lists
+//! TokenReview and SubjectAccessReview are answered from tables the test sets
+//! ([`FakeKube::add_user`], [`FakeKube::grant`]), the reviews received are kept.
+//!
+//! Not covered compared with a real API server: authentication of Weir itself, real RBAC
+//! evaluation (roles, bindings, aggregation; see the manifest test), field selectors other than `metadata.name`, PATCH, `resourceVersionMatch` semantics, streaming lists
 //! (`sendInitialEvents`), protobuf, HTTP/2, and admission/validation of the objects.
 #![allow(dead_code)]
 
@@ -59,6 +62,12 @@ struct State {
     requests: Vec<String>,
     /// Replaces refused with 409 Conflict.
     conflicts: u64,
+    /// TokenReview: token → (username, groups).
+    users: BTreeMap<String, (String, Vec<String>)>,
+    /// SubjectAccessReview: (user, verb, resource, name) allowed; name "" = any.
+    grants: std::collections::BTreeSet<(String, String, String, String)>,
+    /// Every SubjectAccessReview spec received.
+    access_reviews: Vec<Value>,
 }
 
 /// The stand-in API server.
@@ -211,6 +220,40 @@ impl FakeKube {
                 return status_response(status, "injected failure");
             }
         }
+        if req.method() == http::Method::POST
+            && (path == "/apis/authentication.k8s.io/v1/tokenreviews"
+                || path == "/apis/authorization.k8s.io/v1/subjectaccessreviews")
+        {
+            let body = match req.into_body().collect().await {
+                Ok(b) => b.to_bytes(),
+                Err(e) => return status_response(400, &format!("reading the body: {e}")),
+            };
+            let Ok(mut review) = serde_json::from_slice::<Value>(&body) else {
+                return status_response(400, "bad review");
+            };
+            let mut s = self.state.lock().unwrap();
+            if path.ends_with("tokenreviews") {
+                let token = review["spec"]["token"].as_str().unwrap_or("");
+                review["status"] = match s.users.get(token) {
+                    Some((user, groups)) => {
+                        json!({ "authenticated": true, "user": { "username": user, "groups": groups, "uid": "uid-1" } })
+                    }
+                    None => json!({ "authenticated": false, "error": "invalid bearer token" }),
+                };
+            } else {
+                let spec = review["spec"].clone();
+                s.access_reviews.push(spec.clone());
+                let a = &spec["resourceAttributes"];
+                let field = |k: &str| a[k].as_str().unwrap_or("").to_string();
+                let user = spec["user"].as_str().unwrap_or("").to_string();
+                let allowed = a["group"] == "weir.dev"
+                    && [field("name"), String::new()]
+                        .into_iter()
+                        .any(|n| s.grants.contains(&(user.clone(), field("verb"), field("resource"), n)));
+                review["status"] = json!({ "allowed": allowed });
+            }
+            return json_response(201, &review);
+        }
         let segments: Vec<String> = path.trim_matches('/').split('/').map(str::to_string).collect();
         let segments: Vec<&str> = segments.iter().map(String::as_str).collect();
         let (resource, namespace, name) = match segments.as_slice() {
@@ -348,6 +391,22 @@ impl FakeKube {
     pub fn list_raw(&self, resource: &'static str, namespace: &str) -> Vec<Value> {
         let s = self.state.lock().unwrap();
         s.objects.iter().filter(|((r, n, _), _)| *r == resource && n == namespace).map(|(_, o)| o.clone()).collect()
+    }
+
+    /// A token the TokenReview stand-in knows, as `username`.
+    pub fn add_user(&self, token: &str, username: &str, groups: &[&str]) {
+        let groups = groups.iter().map(|g| g.to_string()).collect();
+        self.state.lock().unwrap().users.insert(token.into(), (username.into(), groups));
+    }
+
+    /// Lets `user` do `verb` on `resource` (weir.dev) named `name` ("" = any name).
+    pub fn grant(&self, user: &str, verb: &str, resource: &str, name: &str) {
+        self.state.lock().unwrap().grants.insert((user.into(), verb.into(), resource.into(), name.into()));
+    }
+
+    /// Every SubjectAccessReview spec received so far.
+    pub fn access_reviews(&self) -> Vec<Value> {
+        self.state.lock().unwrap().access_reviews.clone()
     }
 
     /// PUT requests refused with 409 Conflict so far.

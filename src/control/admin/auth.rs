@@ -28,6 +28,28 @@ use subtle::ConstantTimeEq;
 
 use super::request::ApiError;
 
+#[cfg(feature = "kubernetes")]
+pub mod kube;
+
+/// What a call does, as Weir's virtual Kubernetes resource (for in-cluster authorization):
+/// `splits.weir.dev` named after the app, `clusters`, `configs`, `instances`.
+#[derive(Debug, Clone, Copy)]
+pub struct Target<'a> {
+    /// Kubernetes verb: get, list, update, delete.
+    pub verb: &'static str,
+    /// Resource in the `weir.dev` group.
+    pub resource: &'static str,
+    /// Resource name (the app), if the call is about one.
+    pub name: Option<&'a str>,
+}
+
+impl Target<'_> {
+    /// The access level of the target, for tokens.
+    pub fn access(&self) -> Access {
+        if matches!(self.verb, "get" | "list") { Access::Read } else { Access::Change }
+    }
+}
+
 /// What a call needs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -124,6 +146,9 @@ enum Mode {
     Local { open: bool },
     /// Bearer tokens from a file.
     Tokens { path: PathBuf, state: Mutex<Loaded> },
+    /// TokenReview + SubjectAccessReview.
+    #[cfg(feature = "kubernetes")]
+    Kube(Box<kube::Reviewer>),
 }
 
 #[derive(Debug)]
@@ -152,6 +177,12 @@ impl Auth {
         Ok(Auth { mode })
     }
 
+    /// In-cluster: callers checked with the Kubernetes API.
+    #[cfg(feature = "kubernetes")]
+    pub fn kubernetes(reviewer: kube::Reviewer) -> Auth {
+        Auth { mode: Mode::Kube(Box::new(reviewer)) }
+    }
+
     /// A gate that lets everyone in (tests and embedding).
     pub fn open() -> Auth {
         Auth { mode: Mode::Local { open: true } }
@@ -159,7 +190,8 @@ impl Auth {
 
     /// Who is calling, if they may do what `need` says: the token's name ("" without tokens),
     /// or the 401/403 to answer.
-    pub fn check(&self, headers: &HeaderMap, peer: IpAddr, need: Access, shutdown: bool) -> Result<String, ApiError> {
+    pub async fn check(&self, headers: &HeaderMap, peer: IpAddr, target: &Target<'_>) -> Result<String, ApiError> {
+        let (need, shutdown) = (target.access(), target.resource == "instances");
         match &self.mode {
             Mode::Local { open } => {
                 if *open || peer.is_loopback() {
@@ -192,6 +224,16 @@ impl Auth {
                     ));
                 }
                 Ok(token.name.clone())
+            }
+            #[cfg(feature = "kubernetes")]
+            Mode::Kube(reviewer) => {
+                if shutdown && peer.is_loopback() {
+                    return Ok(String::new());
+                }
+                let Some(presented) = bearer(headers) else {
+                    return Err(ApiError::unauthenticated("this call needs Authorization: Bearer <token>"));
+                };
+                reviewer.check(presented, target).await
             }
         }
     }
@@ -252,8 +294,12 @@ mod tests {
         assert!(Tokens::load(&dir.path().join("missing")).unwrap_err().contains("missing"));
     }
 
-    #[test]
-    fn tokens_by_access_and_loopback_without_them() {
+    const GET: Target = Target { verb: "get", resource: "splits", name: Some("web") };
+    const UPDATE: Target = Target { verb: "update", resource: "splits", name: Some("web") };
+    const SHUTDOWN: Target = Target { verb: "delete", resource: "instances", name: None };
+
+    #[tokio::test]
+    async fn tokens_by_access_and_loopback_without_them() {
         let dir = tempfile::tempdir().unwrap();
         let path = write(
             dir.path(),
@@ -268,18 +314,15 @@ mod tests {
             h.insert(header::AUTHORIZATION, t.parse().unwrap());
             h
         };
-        assert_eq!(auth.check(&with("Bearer change-me-0123456789"), ip, Access::Change, false).unwrap(), "ci");
-        assert_eq!(auth.check(&with("bearer  read-only-0123456789 "), ip, Access::Read, false).unwrap(), "viewer");
-        assert_eq!(
-            auth.check(&with("Bearer read-only-0123456789"), ip, Access::Change, false).unwrap_err().status(),
-            403
-        );
-        assert_eq!(auth.check(&with("Bearer nope"), ip, Access::Read, false).unwrap_err().status(), 401);
-        assert_eq!(auth.check(&HeaderMap::new(), ip, Access::Read, false).unwrap_err().status(), 401);
-        assert!(auth.check(&HeaderMap::new(), "127.0.0.1".parse().unwrap(), Access::Change, true).is_ok());
+        assert_eq!(auth.check(&with("Bearer change-me-0123456789"), ip, &UPDATE).await.unwrap(), "ci");
+        assert_eq!(auth.check(&with("bearer  read-only-0123456789 "), ip, &GET).await.unwrap(), "viewer");
+        assert_eq!(auth.check(&with("Bearer read-only-0123456789"), ip, &UPDATE).await.unwrap_err().status(), 403);
+        assert_eq!(auth.check(&with("Bearer nope"), ip, &GET).await.unwrap_err().status(), 401);
+        assert_eq!(auth.check(&HeaderMap::new(), ip, &GET).await.unwrap_err().status(), 401);
+        assert!(auth.check(&HeaderMap::new(), "127.0.0.1".parse().unwrap(), &SHUTDOWN).await.is_ok());
 
         let local = Auth::new(&crate::config::AdminConfig::default()).unwrap();
-        assert!(local.check(&HeaderMap::new(), "::1".parse().unwrap(), Access::Change, false).is_ok());
-        assert_eq!(local.check(&HeaderMap::new(), ip, Access::Read, false).unwrap_err().status(), 403);
+        assert!(local.check(&HeaderMap::new(), "::1".parse().unwrap(), &UPDATE).await.is_ok());
+        assert_eq!(local.check(&HeaderMap::new(), ip, &GET).await.unwrap_err().status(), 403);
     }
 }

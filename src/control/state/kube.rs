@@ -62,8 +62,13 @@ pub struct Leases {
 /// The namespace: configured, else `$POD_NAMESPACE`, else the service account's, else
 /// `default`.
 pub fn namespace(cfg: &StateKubernetes) -> String {
-    cfg.namespace
-        .clone()
+    namespace_or(cfg.namespace.as_deref())
+}
+
+/// `explicit`, else `$POD_NAMESPACE`, else the service account's namespace, else `default`.
+pub fn namespace_or(explicit: Option<&str>) -> String {
+    explicit
+        .map(str::to_owned)
         .or_else(|| std::env::var("POD_NAMESPACE").ok().filter(|s| !s.is_empty()))
         .or_else(|| {
             std::fs::read_to_string("/var/run/secrets/kubernetes.io/serviceaccount/namespace")
