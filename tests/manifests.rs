@@ -7,7 +7,8 @@ use std::collections::BTreeMap;
 
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::{ConfigMap, Service, ServiceAccount};
-use k8s_openapi::api::rbac::v1::{Role, RoleBinding};
+use k8s_openapi::api::policy::v1::PodDisruptionBudget;
+use k8s_openapi::api::rbac::v1::{ClusterRoleBinding, Role, RoleBinding};
 use serde::Deserialize;
 
 #[derive(Default)]
@@ -18,6 +19,8 @@ struct Manifests {
     roles: Vec<Role>,
     bindings: Vec<RoleBinding>,
     accounts: Vec<ServiceAccount>,
+    budgets: Vec<PodDisruptionBudget>,
+    cluster_bindings: Vec<ClusterRoleBinding>,
 }
 
 fn load() -> Manifests {
@@ -42,6 +45,8 @@ fn load() -> Manifests {
                 "Role" => m.roles.push(typed(value, &at)),
                 "RoleBinding" => m.bindings.push(typed(value, &at)),
                 "ServiceAccount" => m.accounts.push(typed(value, &at)),
+                "PodDisruptionBudget" => m.budgets.push(typed(value, &at)),
+                "ClusterRoleBinding" => m.cluster_bindings.push(typed(value, &at)),
                 other => panic!("{}: unexpected kind {other}", path.display()),
             }
         }
@@ -118,14 +123,80 @@ fn rbac_grants_exactly_what_the_watcher_reads() {
     }
     grants.sort();
     let watch = vec!["get".to_string(), "list".into(), "watch".into()];
+    let strs = |v: &[&str]| v.iter().map(|s| s.to_string()).collect::<Vec<_>>();
     assert_eq!(
         grants,
         [
+            ("".to_string(), "configmaps".to_string(), strs(&["get", "list", "update", "watch"])),
             ("".to_string(), "pods".to_string(), watch.clone()),
+            (
+                "coordination.k8s.io".into(),
+                "leases".into(),
+                strs(&["create", "delete", "get", "list", "update", "watch"])
+            ),
             ("discovery.k8s.io".into(), "endpointslices".into(), watch)
         ],
-        "read-only access to exactly the two resources discovery watches"
+        "read-only discovery, the state ConfigMap, the replicas' Leases"
     );
+    // The ConfigMap grant names the state object only; Weir never creates or deletes it.
+    let cm_rule =
+        role.rules.iter().flatten().find(|r| r.resources.iter().flatten().any(|x| x == "configmaps")).unwrap();
+    assert_eq!(cm_rule.resource_names.clone().unwrap_or_default(), ["weir-state".to_string()]);
+    // No wildcard anywhere.
+    for role in &m.roles {
+        for rule in role.rules.iter().flatten() {
+            let all = rule.verbs.iter().chain(rule.resources.iter().flatten()).chain(rule.api_groups.iter().flatten());
+            assert!(all.clone().all(|x| x != "*"), "{:?} uses *", role.metadata.name);
+        }
+    }
+    // Admin callers are reviewed with the API: weir may create TokenReviews and
+    // SubjectAccessReviews, through the built-in auth-delegator role, and nothing more.
+    let delegator = m
+        .cluster_bindings
+        .iter()
+        .find(|b| b.subjects.iter().flatten().any(|s| s.kind == "ServiceAccount" && s.name == account))
+        .expect("a ClusterRoleBinding for weir");
+    assert_eq!(delegator.role_ref.name, "system:auth-delegator");
+    assert_eq!(m.cluster_bindings.len(), 1, "no other cluster-wide grant");
+}
+
+#[test]
+fn three_replicas_share_the_state_and_a_ci_role_steers_them() {
+    let m = load();
+    let weir = m.deployments.iter().find(|d| d.metadata.name.as_deref() == Some("weir")).unwrap();
+    let spec = weir.spec.as_ref().unwrap();
+    assert_eq!(spec.replicas, Some(3));
+    let rolling = spec.strategy.as_ref().and_then(|s| s.rolling_update.as_ref()).expect("a rolling update");
+    use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
+    assert_eq!(rolling.max_unavailable, Some(IntOrString::Int(0)), "never below the replicas during a rollout");
+    // The PodDisruptionBudget covers exactly Weir's pods and lets one go at a time.
+    let pdb = m.budgets.iter().find(|b| b.metadata.name.as_deref() == Some("weir")).expect("a PodDisruptionBudget");
+    let pdb_spec = pdb.spec.as_ref().unwrap();
+    let selector = pdb_spec.selector.as_ref().and_then(|s| s.match_labels.clone()).unwrap_or_default();
+    assert!(selects(&selector, &pod_labels(weir)));
+    assert_eq!(pdb_spec.max_unavailable, Some(IntOrString::Int(1)));
+    // Identity and namespace from the downward API.
+    let container = &spec.template.spec.as_ref().unwrap().containers[0];
+    for (name, field) in [("POD_NAME", "metadata.name"), ("POD_NAMESPACE", "metadata.namespace")] {
+        let env = container.env.iter().flatten().find(|e| e.name == name).unwrap_or_else(|| panic!("env {name}"));
+        let from = env.value_from.as_ref().and_then(|v| v.field_ref.as_ref()).map(|f| f.field_path.as_str());
+        assert_eq!(from, Some(field), "{name}");
+    }
+    // The state ConfigMap the config names ships with the manifest, empty; admin auth is on.
+    let cm = m.config_maps.iter().find(|c| c.metadata.name.as_deref() == Some("weir-config")).unwrap();
+    let config = weir::Config::parse(&cm.data.as_ref().unwrap()["weir.toml"], "weir-config").unwrap();
+    let state = config.state.kubernetes.as_ref().expect("[state.kubernetes]");
+    let shipped = m.config_maps.iter().find(|c| c.metadata.name.as_deref() == Some(state.name.as_str()));
+    assert!(shipped.expect("the state ConfigMap").data.is_none(), "shipped empty");
+    assert!(config.admin.kubernetes_auth.is_some() && !config.admin.allow_unauthenticated);
+    // The CI Role: only Weir's virtual splits, by app name.
+    let ci = m.roles.iter().find(|r| r.metadata.name.as_deref() == Some("weir-deployer")).expect("the CI Role");
+    for rule in ci.rules.iter().flatten() {
+        assert_eq!(rule.api_groups.clone().unwrap_or_default(), ["weir.dev".to_string()]);
+        assert_eq!(rule.resources.clone().unwrap_or_default(), ["splits".to_string()]);
+        assert!(rule.resource_names.iter().flatten().all(|n| config.apps.contains_key(n)), "names an app");
+    }
+    assert!(m.bindings.iter().any(|b| b.role_ref.name == "weir-deployer"));
 }
 
 #[test]

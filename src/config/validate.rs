@@ -52,10 +52,11 @@ pub(super) fn validate(config: &Config) -> Vec<Problem> {
     if config.admin.history_limit < 2 {
         out.push(problem("admin.history_limit", "must be at least 2 to allow a rollback"));
     }
-    if !config.admin.addr.ip().is_loopback()
-        && config.admin.tokens_file.is_none()
-        && !config.admin.allow_unauthenticated
-    {
+    let authenticated = config.admin.tokens_file.is_some() || config.admin.kubernetes_auth.is_some();
+    if config.admin.tokens_file.is_some() && config.admin.kubernetes_auth.is_some() {
+        out.push(problem("admin.kubernetes_auth", "set either admin.tokens_file or admin.kubernetes_auth, not both"));
+    }
+    if !config.admin.addr.ip().is_loopback() && !authenticated && !config.admin.allow_unauthenticated {
         out.push(problem(
             "admin.addr",
             format!(
