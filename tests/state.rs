@@ -31,6 +31,17 @@ versions.v2.endpoints = [{{ name = "v2-0", addr = "{}" }}]
     )
 }
 
+/// Two backends and a weir keeping its state in `<temp>/state`, ready.
+async fn file_weir() -> (Weir, tempfile::TempDir, [Backend; 2], String) {
+    let (v1, v2) = (Backend::spawn("v1-0", "v1").await, Backend::spawn("v2-0", "v2").await);
+    let dir = tempfile::tempdir().unwrap();
+    let state = dir.path().join("state");
+    let text = config(&v1, &v2, &format!("dir = {:?}", state.to_str().unwrap()));
+    let mut weir = Weir::spawn(dir.path(), &text, &[]);
+    weir.ready().await;
+    (weir, dir, [v1, v2], text)
+}
+
 async fn app(client: &Client, weir: &Weir) -> serde_json::Value {
     client.get(&format!("{}/apps/web", weir.admin)).await.json()
 }
@@ -41,12 +52,7 @@ async fn history(client: &Client, weir: &Weir) -> serde_json::Value {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn split_revision_and_history_survive_a_restart() {
-    let (v1, v2) = (Backend::spawn("v1-0", "v1").await, Backend::spawn("v2-0", "v2").await);
-    let dir = tempfile::tempdir().unwrap();
-    let state = dir.path().join("state");
-    let text = config(&v1, &v2, &format!("dir = {:?}", state.to_str().unwrap()));
-    let mut weir = Weir::spawn(dir.path(), &text, &[]);
-    weir.ready().await;
+    let (mut weir, _dir, _backends, text) = file_weir().await;
     let client = Client::new();
     let r = client
         .call("PUT", &format!("{}/apps/web/split", weir.admin), r#"{"weights":{"v1":25,"v2":75},"reason":"ramp"}"#)
@@ -84,12 +90,7 @@ async fn split_revision_and_history_survive_a_restart() {
 /// corrupt, and every kept revision has the weights its change asked for.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kill_9_during_admin_writes_never_loses_an_acknowledged_change() {
-    let (v1, v2) = (Backend::spawn("v1-0", "v1").await, Backend::spawn("v2-0", "v2").await);
-    let dir = tempfile::tempdir().unwrap();
-    let state = dir.path().join("state");
-    let text = config(&v1, &v2, &format!("dir = {:?}", state.to_str().unwrap()));
-    let mut weir = Weir::spawn(dir.path(), &text, &[]);
-    weir.ready().await;
+    let (mut weir, _dir, _backends, _) = file_weir().await;
     let client = Client::new();
     // Revision n (n >= 2) asks for v1 = n, v2 = 1000 - n: the weights say which write it was.
     let mut acknowledged = 1u64;

@@ -200,8 +200,7 @@ impl Criteria {
             }
             // 3. Quantile against stable's × factor.
             let limit = (sl.quantile(q).unwrap_or(0) as f64 * self.latency_factor) as u64;
-            let above = cl.count_above(limit);
-            if wilson_lower(above, cl.total(), z) > 1.0 - q {
+            if let Some(above) = too_many_above(cl, limit, q, z) {
                 failed.push(format!(
                     "p{} {:.1} ms is above {:.2} × stable's {:.1} ms ({above} of {} requests over {:.1} ms)",
                     q * 100.0,
@@ -230,8 +229,7 @@ impl Criteria {
             && cl.total() > 0
         {
             let limit = u64::try_from(max.as_micros()).unwrap_or(u64::MAX);
-            let above = cl.count_above(limit);
-            if wilson_lower(above, cl.total(), z) > 1.0 - q {
+            if let Some(above) = too_many_above(cl, limit, q, z) {
                 failed.push(format!(
                     "p{} {:.1} ms is above the limit {:.1} ms ({above} of {} requests over it)",
                     q * 100.0,
@@ -245,6 +243,13 @@ impl Criteria {
         let evidence = Evidence { canary: figures(canary, q), stable: figures(stable, q), alpha, failed };
         if evidence.failed.is_empty() { Verdict::Pass { evidence } } else { Verdict::Fail { evidence } }
     }
+}
+
+/// How many of `h`'s values exceed `limit` (µs), when that is significantly more than the
+/// `1 − q` share a q-quantile at or below `limit` allows (H0 rejected at normal quantile `z`).
+fn too_many_above(h: &Histogram, limit: u64, q: f64, z: f64) -> Option<u64> {
+    let above = h.count_above(limit);
+    (wilson_lower(above, h.total(), z) > 1.0 - q).then_some(above)
 }
 
 fn rate(s: &Sample) -> f64 {
