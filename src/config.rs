@@ -338,6 +338,13 @@ pub struct AppConfig {
     /// other versions with weight > 0, in proportion to their weights; `fail` answers 503.
     #[serde(default)]
     pub on_version_down: VersionDown,
+    /// Whether a request with `X-Weir-Version: <version>` goes to that version whatever the
+    /// weights, a 0-weight version included (testers reaching green before the flip). A
+    /// version the app does not have answers 400, one with no healthy endpoint 503: a forced
+    /// request never falls back to another version. Default true; `false` for public
+    /// traffic that must not choose.
+    #[serde(default = "default_true")]
+    pub force_header: bool,
 }
 
 /// What to do with a version's share when none of its endpoints is healthy.

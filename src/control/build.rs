@@ -125,6 +125,7 @@ fn build_app(
         outlier: app.outlier.clone(),
         retry: app.retry.clone(),
         spill: app.on_version_down == VersionDown::Spill,
+        force_header: app.force_header,
     }
 }
 

@@ -36,6 +36,9 @@ pub enum ProxyError {
     /// The chosen version has no endpoint able to take the request.
     #[error("no healthy endpoint in version {0}")]
     NoEndpoint(Arc<str>),
+    /// `X-Weir-Version` named a version the app does not have.
+    #[error("no version {0:?} in this app")]
+    UnknownVersion(String),
     /// The upstream exchange failed.
     #[error(transparent)]
     Upstream(#[from] UpstreamError),
@@ -48,6 +51,9 @@ impl ProxyError {
         match self {
             ProxyError::NoRoute(_) => (StatusCode::NOT_FOUND, "weir: no app serves this host\n"),
             ProxyError::NoEndpoint(_) => (StatusCode::SERVICE_UNAVAILABLE, "weir: no healthy endpoint\n"),
+            ProxyError::UnknownVersion(_) => {
+                (StatusCode::BAD_REQUEST, "weir: X-Weir-Version names a version this app does not have\n")
+            }
             ProxyError::Upstream(e) => match e.kind {
                 UpstreamErrorKind::Connect => (StatusCode::BAD_GATEWAY, "weir: upstream unreachable\n"),
                 UpstreamErrorKind::Protocol => (StatusCode::BAD_GATEWAY, "weir: upstream connection failed\n"),
@@ -106,7 +112,8 @@ impl Proxy {
         let snap = self.snapshot.load_full();
         let authority = req.uri().authority().map(|a| a.as_str());
         let host = authority.or_else(|| req.headers().get(header::HOST).and_then(|h| h.to_str().ok()));
-        let (app, version, endpoint) = match self.pick(&snap, host) {
+        let forced = req.headers().get(FORCE_HEADER).map(|v| v.as_bytes());
+        let (app, version, endpoint) = match self.pick(&snap, host, forced) {
             Ok(picked) => picked,
             Err(e) => return error_response(&e),
         };
@@ -158,17 +165,28 @@ impl Proxy {
     }
 
     /// The app, version and endpoint for a request to `host`, or why there is none (counted).
+    /// `forced` is the value of `X-Weir-Version`, if the request has one.
     fn pick<'s>(
         &self,
         snap: &'s Snapshot,
         host: Option<&str>,
+        forced: Option<&[u8]>,
     ) -> Result<(&'s App, &'s Version, &'s Endpoint), ProxyError> {
         let Some(app) = snap.route(self.listener, host) else {
             self.unrouted.inc();
             return Err(ProxyError::NoRoute(host.map(str::to_owned)));
         };
         app.upstream.budget.record_request();
-        let (version, endpoint) = choose(app);
+        let (version, endpoint) = match forced.filter(|_| app.force_header) {
+            None => choose(app),
+            Some(name) => {
+                let Some(v) = app.versions.iter().find(|v| v.name.as_bytes() == name.trim_ascii()) else {
+                    return Err(ProxyError::UnknownVersion(String::from_utf8_lossy(name).into_owned()));
+                };
+                // Forced: never spilled elsewhere.
+                (v, v.pool.pick())
+            }
+        };
         let Some(endpoint) = endpoint else {
             version.metrics.count_error(UpstreamErrorKind::NoEndpoint);
             let err = ProxyError::NoEndpoint(Arc::clone(&version.name));
@@ -241,6 +259,9 @@ impl Exchange for HyperExchange {
         }
     }
 }
+
+/// The request header that forces a version (when the app allows it).
+pub const FORCE_HEADER: &str = "x-weir-version";
 
 /// The version for a request and a healthy endpoint in it. When the chosen version has none
 /// and the app spills, another version with weight takes the request.

@@ -63,6 +63,8 @@ pub struct App {
     pub retry: RetryConfig,
     /// Whether a version with no healthy endpoint spills its share to the others.
     pub spill: bool,
+    /// Whether `X-Weir-Version: <version>` forces the version.
+    pub force_header: bool,
 }
 
 /// One version of an app.

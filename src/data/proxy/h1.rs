@@ -227,7 +227,8 @@ impl Proxy {
         };
         let Some(body) = buf.get(len..len + body) else { return Step::Incomplete(len + body) };
         let len = len + body.len();
-        match self.pick(snap, host) {
+        let forced = req.headers.iter().find(|h| h.name.eq_ignore_ascii_case(super::FORCE_HEADER)).map(|h| h.value);
+        match self.pick(snap, host, forced) {
             Err(e) => Step::Answer { len, close, head, resp: super::error_response(&e) },
             Ok((app, version, endpoint)) => {
                 request::encode(&req, host, peer.ip.as_bytes(), self.proto, body, out);
