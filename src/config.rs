@@ -345,6 +345,26 @@ pub struct AppConfig {
     /// traffic that must not choose.
     #[serde(default = "default_true")]
     pub force_header: bool,
+    /// Sticky user buckets: the same user gets the same version for the same weights, on
+    /// every replica, and raising a canary's weight only moves users into it.
+    #[serde(default)]
+    pub sticky: Option<StickyConfig>,
+}
+
+/// `[apps.NAME.sticky]`: where a request's user key comes from. The header is read first,
+/// then the cookie; a request with neither is keyed by its client address.
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct StickyConfig {
+    /// A request header carrying the user key, e.g. `x-user-id`.
+    #[serde(default)]
+    pub header: Option<String>,
+    /// A cookie carrying it, e.g. `session`.
+    #[serde(default)]
+    pub cookie: Option<String>,
+    /// Salt of the hash; the same on every replica. Default: the app's name.
+    #[serde(default)]
+    pub salt: Option<String>,
 }
 
 /// What to do with a version's share when none of its endpoints is healthy.

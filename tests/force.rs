@@ -75,3 +75,52 @@ async fn a_forced_version_that_is_down_is_not_replaced_and_apps_can_switch_it_of
     }
     weir.shutdown().await;
 }
+
+/// 200 users keyed by a header (fast path) or a cookie (hyper path): each keeps its version
+/// at a given weight, and as the canary's weight rises over 5 admin changes nobody who
+/// reached v2 goes back to v1.
+#[tokio::test]
+async fn sticky_users_only_move_into_the_canary() {
+    let (v1, v2) = (Backend::spawn("v1-0", "v1").await, Backend::spawn("v2-0", "v2").await);
+    for fast in [true, false] {
+        let sticky = "sticky = { header = \"x-user\", cookie = \"uid\" }\n";
+        let mut text = config(&[("v1", &[&v1]), ("v2", &[&v2])], &[("v1", 95), ("v2", 5)], sticky);
+        text = text.replacen(
+            "[listeners.main]\naddr = \"127.0.0.1:0\"\n",
+            &format!("[listeners.main]\naddr = \"127.0.0.1:0\"\nfast_path = {fast}\n"),
+            1,
+        );
+        let weir = start(&text).await;
+        let (traffic, admin) = urls(&weir);
+        let client = Client::new();
+        let ask = |user: usize| {
+            let (client, traffic) = (client.clone(), traffic.clone());
+            async move {
+                let req = if user.is_multiple_of(2) {
+                    http::Request::get(&traffic).header("x-user", format!("user-{user}"))
+                } else {
+                    http::Request::get(&traffic).header("cookie", format!("theme=dark; uid=user-{user}"))
+                };
+                client.send(req.body(Full::<Bytes>::default()).unwrap()).await.unwrap().version().to_string()
+            }
+        };
+        let mut was_v2 = [false; 200];
+        for (step, canary) in [5u32, 20, 35, 50, 75, 90].into_iter().enumerate() {
+            if step > 0 {
+                let body = format!(r#"{{"weights":{{"v1":{},"v2":{canary}}}}}"#, 100 - canary);
+                assert_eq!(client.call("PUT", &format!("{admin}/apps/web/split"), &body).await.status, 200);
+            }
+            let mut in_v2 = 0;
+            for (user, was) in was_v2.iter_mut().enumerate() {
+                let first = ask(user).await;
+                assert_eq!(ask(user).await, first, "user {user} switched at weight {canary}, fast_path = {fast}");
+                assert!(!*was || first == "v2", "user {user} went back from v2 at weight {canary}, fast_path = {fast}");
+                *was = first == "v2";
+                in_v2 += usize::from(*was);
+            }
+            let share = in_v2 as f64 / 200.0;
+            assert!((share - f64::from(canary) / 100.0).abs() < 0.12, "{in_v2} of 200 users on v2 at {canary} %");
+        }
+        weir.shutdown().await;
+    }
+}

@@ -225,6 +225,18 @@ fn validate_discovery(field: &str, d: &super::DiscoveryConfig, out: &mut Vec<Pro
 }
 
 fn validate_versions(app_name: &str, app: &super::AppConfig, out: &mut Vec<Problem>) {
+    if let Some(sticky) = &app.sticky {
+        if let Some(h) = &sticky.header
+            && http::HeaderName::from_bytes(h.as_bytes()).is_err()
+        {
+            out.push(problem(format!("apps.{app_name}.sticky.header"), format!("{h:?} is not a header name")));
+        }
+        if let Some(c) = &sticky.cookie
+            && (c.is_empty() || c.bytes().any(|b| !b.is_ascii_graphic() || b"()<>@,;:\\\"/[]?={}".contains(&b)))
+        {
+            out.push(problem(format!("apps.{app_name}.sticky.cookie"), format!("{c:?} is not a cookie name")));
+        }
+    }
     let field = format!("apps.{app_name}.versions");
     if app.versions.is_empty() {
         out.push(problem(&field, "at least one version is required"));

@@ -126,6 +126,10 @@ fn build_app(
         retry: app.retry.clone(),
         spill: app.on_version_down == VersionDown::Spill,
         force_header: app.force_header,
+        sticky: app.sticky.as_ref().map(|s| {
+            let header = s.header.as_deref().and_then(|h| http::HeaderName::from_bytes(h.as_bytes()).ok());
+            crate::data::split::Sticky::new(header, s.cookie.as_deref(), s.salt.as_deref().unwrap_or(name))
+        }),
     }
 }
 

@@ -112,8 +112,7 @@ impl Proxy {
         let snap = self.snapshot.load_full();
         let authority = req.uri().authority().map(|a| a.as_str());
         let host = authority.or_else(|| req.headers().get(header::HOST).and_then(|h| h.to_str().ok()));
-        let forced = req.headers().get(FORCE_HEADER).map(|v| v.as_bytes());
-        let (app, version, endpoint) = match self.pick(&snap, host, forced) {
+        let (app, version, endpoint) = match self.pick(&snap, host, Fields::Map(req.headers()), &client) {
             Ok(picked) => picked,
             Err(e) => return error_response(&e),
         };
@@ -165,20 +164,34 @@ impl Proxy {
     }
 
     /// The app, version and endpoint for a request to `host`, or why there is none (counted).
-    /// `forced` is the value of `X-Weir-Version`, if the request has one.
+    /// Routing reads the request's `fields` only when the app asks: `X-Weir-Version`
+    /// (forcing), the sticky key's header or cookie.
     fn pick<'s>(
         &self,
         snap: &'s Snapshot,
         host: Option<&str>,
-        forced: Option<&[u8]>,
+        fields: Fields<'_>,
+        client: &Peer,
     ) -> Result<(&'s App, &'s Version, &'s Endpoint), ProxyError> {
         let Some(app) = snap.route(self.listener, host) else {
             self.unrouted.inc();
             return Err(ProxyError::NoRoute(host.map(str::to_owned)));
         };
         app.upstream.budget.record_request();
-        let (version, endpoint) = match forced.filter(|_| app.force_header) {
-            None => choose(app),
+        let forced = if app.force_header { fields.first(FORCE_HEADER.as_bytes()) } else { None };
+        let (version, endpoint) = match forced {
+            None => match &app.sticky {
+                None => choose(app, app.split.pick()),
+                Some(sticky) => {
+                    let key = sticky
+                        .header
+                        .as_ref()
+                        .and_then(|h| fields.first(h.as_str().as_bytes()))
+                        .or_else(|| fields.cookie(sticky.cookie.as_deref()?))
+                        .unwrap_or_else(|| client.ip.as_bytes());
+                    choose(app, app.split.pick_unit(sticky.unit(key)))
+                }
+            },
             Some(name) => {
                 let Some(v) = app.versions.iter().find(|v| v.name.as_bytes() == name.trim_ascii()) else {
                     return Err(ProxyError::UnknownVersion(String::from_utf8_lossy(name).into_owned()));
@@ -263,11 +276,43 @@ impl Exchange for HyperExchange {
 /// The request header that forces a version (when the app allows it).
 pub const FORCE_HEADER: &str = "x-weir-version";
 
-/// The version for a request and a healthy endpoint in it. When the chosen version has none
-/// and the app spills, another version with weight takes the request.
+/// A request's header fields as either path holds them.
+#[derive(Clone, Copy)]
+enum Fields<'a> {
+    /// hyper's (the general path, HTTP/2).
+    Map(&'a http::HeaderMap),
+    /// Weir's codec's (the HTTP/1.1 fast path).
+    Raw(&'a [httparse::Header<'a>]),
+}
+
+impl<'a> Fields<'a> {
+    /// The first field named `name` (lower case). No allocation.
+    fn first(self, name: &[u8]) -> Option<&'a [u8]> {
+        match self {
+            Fields::Map(m) => std::str::from_utf8(name).ok().and_then(|n| m.get(n)).map(|v| v.as_bytes()),
+            Fields::Raw(h) => h.iter().find(|f| f.name.as_bytes().eq_ignore_ascii_case(name)).map(|f| f.value),
+        }
+    }
+
+    /// The value of cookie `name` in the first `Cookie` field that has it (HTTP/2 clients
+    /// may split cookies over several fields). No allocation.
+    fn cookie(self, name: &str) -> Option<&'a [u8]> {
+        match self {
+            Fields::Map(m) => {
+                m.get_all(header::COOKIE).iter().find_map(|v| crate::data::split::cookie(v.as_bytes(), name))
+            }
+            Fields::Raw(h) => h
+                .iter()
+                .filter(|f| f.name.eq_ignore_ascii_case("cookie"))
+                .find_map(|f| crate::data::split::cookie(f.value, name)),
+        }
+    }
+}
+
+/// The version at `index` of the weight line and a healthy endpoint in it. When the chosen
+/// version has none and the app spills, another version with weight takes the request.
 #[inline]
-fn choose(app: &App) -> (&Version, Option<&Endpoint>) {
-    let index = app.split.pick();
+fn choose(app: &App, index: usize) -> (&Version, Option<&Endpoint>) {
     let chosen = &app.versions[index];
     if let Some(e) = chosen.pool.pick() {
         return (chosen, Some(e));

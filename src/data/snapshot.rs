@@ -65,6 +65,8 @@ pub struct App {
     pub spill: bool,
     /// Whether `X-Weir-Version: <version>` forces the version.
     pub force_header: bool,
+    /// Sticky user buckets, if the app has them.
+    pub sticky: Option<crate::data::split::Sticky>,
 }
 
 /// One version of an app.

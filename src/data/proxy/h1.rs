@@ -227,8 +227,7 @@ impl Proxy {
         };
         let Some(body) = buf.get(len..len + body) else { return Step::Incomplete(len + body) };
         let len = len + body.len();
-        let forced = req.headers.iter().find(|h| h.name.eq_ignore_ascii_case(super::FORCE_HEADER)).map(|h| h.value);
-        match self.pick(snap, host, forced) {
+        match self.pick(snap, host, super::Fields::Raw(req.headers), peer) {
             Err(e) => Step::Answer { len, close, head, resp: super::error_response(&e) },
             Ok((app, version, endpoint)) => {
                 request::encode(&req, host, peer.ip.as_bytes(), self.proto, body, out);
