@@ -127,6 +127,7 @@ pub async fn start_with(config: Config, path: Option<std::path::PathBuf>) -> Res
     let (control, control_task) = control::spawn(control, control_cancel.clone());
     let state_tasks = state.spawn(&control, &applied, &control_cancel);
     let pools = control::discovery_of(&config);
+    let discovers = !pools.is_empty();
     let sync = Arc::new(SyncState::new(pools.keys().cloned()));
     start_discovery(&config, pools, &control, &sync, &metrics, &control_cancel).await?;
     let admin_addr = admin_socket.local_addr().expect("bound socket has an address");
@@ -169,11 +170,15 @@ pub async fn start_with(config: Config, path: Option<std::path::PathBuf>) -> Res
         });
     }
     tracing::info!(%admin_addr, "admin API listening");
-    if sync.all_synced() {
+    // With discovery, the wait below runs even when every pool has already listed (a fast API
+    // server): what it listed must still pass its first probes before traffic is let in.
+    if !discovers {
         ready.store(true, Ordering::Release);
         open.cancel();
     } else {
-        tracing::info!("waiting for Kubernetes discovery to list every pool before serving");
+        if !sync.all_synced() {
+            tracing::info!("waiting for Kubernetes discovery to list every pool before serving");
+        }
         let (sync, ready, snapshot) = (Arc::clone(&sync), Arc::clone(&ready), snapshot.clone());
         let limit = probe_timeouts(&config) + std::time::Duration::from_millis(250);
         let stop = traffic_cancel.clone();

@@ -91,7 +91,7 @@ impl EndpointState {
     }
     /// Whether any probe ever passed (or none was needed).
     pub fn ever_up(&self) -> bool {
-        self.ever_up.load(Ordering::Relaxed)
+        self.ever_up.load(Ordering::Acquire)
     }
     /// Whether discovery reports it ready (always true for static endpoints).
     pub fn is_ready(&self) -> bool {
@@ -108,8 +108,13 @@ impl EndpointState {
     /// Sets the probe verdict; returns whether it changed.
     pub fn set_probe_up(&self, up: bool) -> bool {
         if up {
-            self.ever_up.store(true, Ordering::Relaxed);
-            self.down.fetch_and(!PROBE_DOWN, Ordering::Relaxed) & PROBE_DOWN != 0
+            // Cleared before `ever_up` is set, and published with it: whoever sees `ever_up`
+            // (start-up waits on it before letting traffic in) sees the endpoint up too. The
+            // other order let a preempted probe task open the listeners onto a pool that was
+            // still down for a moment (a 503 the CI machine hit).
+            let was_down = self.down.fetch_and(!PROBE_DOWN, Ordering::AcqRel) & PROBE_DOWN != 0;
+            self.ever_up.store(true, Ordering::Release);
+            was_down
         } else {
             self.down.fetch_or(PROBE_DOWN, Ordering::Relaxed) & PROBE_DOWN == 0
         }
