@@ -349,6 +349,52 @@ pub struct AppConfig {
     /// every replica, and raising a canary's weight only moves users into it.
     #[serde(default)]
     pub sticky: Option<StickyConfig>,
+    /// Rules that force a version by a request header or cookie (`[[apps.NAME.force]]`), as
+    /// ingress-nginx's canary-by-header and canary-by-cookie do. Precedence: `X-Weir-Version`,
+    /// then header rules, then cookie rules (each in config order), then the sticky bucket,
+    /// then the weights.
+    #[serde(default)]
+    pub force: Vec<ForceRule>,
+    /// What a forced request gets when the version it names does not exist or has no healthy
+    /// endpoint: `refuse` (the default: 400 for an unknown version, 503 for one that is down,
+    /// never a silent fallback) or `fallback` (routed as if it were not forced).
+    #[serde(default)]
+    pub force_unavailable: ForceUnavailable,
+}
+
+/// `[[apps.NAME.force]]`: one rule forcing requests into (or out of) a version. Exactly one of
+/// `header` and `cookie`; at most one of `value` and `pattern`. Without either, the field's
+/// value `always` forces the request into `version` and `never` keeps it out (routed by the
+/// other versions' weights); other values leave the request to the next rule.
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct ForceRule {
+    /// The request header read, e.g. `x-canary`.
+    #[serde(default)]
+    pub header: Option<String>,
+    /// The cookie read, e.g. `canary`.
+    #[serde(default)]
+    pub cookie: Option<String>,
+    /// The version the rule forces.
+    pub version: String,
+    /// The exact value that forces it.
+    #[serde(default)]
+    pub value: Option<String>,
+    /// A regular expression (Rust `regex` syntax, unanchored unless written with `^…$`) the
+    /// value must match to force it.
+    #[serde(default)]
+    pub pattern: Option<String>,
+}
+
+/// See [`AppConfig::force_unavailable`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ForceUnavailable {
+    /// Answer 400 (unknown version) or 503 (no healthy endpoint).
+    #[default]
+    Refuse,
+    /// Route the request by the sticky bucket or the weights instead.
+    Fallback,
 }
 
 /// `[apps.NAME.sticky]`: where a request's user key comes from. The header is read first,

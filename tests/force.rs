@@ -9,11 +9,25 @@ use common::{Backend, Client, config, start, urls};
 use http_body_util::Full;
 
 async fn get(client: &Client, url: &str, forced: Option<&str>) -> common::Reply {
+    let fields: Vec<_> = forced.map(|v| ("x-weir-version", v)).into_iter().collect();
+    get_with(client, url, &fields).await
+}
+
+async fn get_with(client: &Client, url: &str, fields: &[(&str, &str)]) -> common::Reply {
     let mut req = http::Request::get(url);
-    if let Some(v) = forced {
-        req = req.header("x-weir-version", v);
+    for (name, value) in fields {
+        req = req.header(*name, *value);
     }
     client.send(req.body(Full::<Bytes>::default()).unwrap()).await.unwrap()
+}
+
+/// The config, with the listener's fast path on or off (the hyper path then serves all).
+fn with_fast_path(text: String, fast: bool) -> String {
+    text.replacen(
+        "[listeners.main]\naddr = \"127.0.0.1:0\"\n",
+        &format!("[listeners.main]\naddr = \"127.0.0.1:0\"\nfast_path = {fast}\n"),
+        1,
+    )
 }
 
 #[tokio::test]
@@ -21,12 +35,8 @@ async fn the_header_forces_a_version_on_both_paths() {
     let (v1, v2, v3) =
         (Backend::spawn("v1-0", "v1").await, Backend::spawn("v2-0", "v2").await, Backend::spawn("v3-0", "v3").await);
     for fast in [true, false] {
-        let mut text = config(&[("v1", &[&v1]), ("v2", &[&v2]), ("v3", &[&v3])], &[("v1", 100), ("v2", 0)], "");
-        text = text.replacen(
-            "[listeners.main]\naddr = \"127.0.0.1:0\"\n",
-            &format!("[listeners.main]\naddr = \"127.0.0.1:0\"\nfast_path = {fast}\n"),
-            1,
-        );
+        let text = config(&[("v1", &[&v1]), ("v2", &[&v2]), ("v3", &[&v3])], &[("v1", 100), ("v2", 0)], "");
+        let text = with_fast_path(text, fast);
         let weir = start(&text).await;
         let (traffic, _) = urls(&weir);
         let client = Client::new();
@@ -84,12 +94,7 @@ async fn sticky_users_only_move_into_the_canary() {
     let (v1, v2) = (Backend::spawn("v1-0", "v1").await, Backend::spawn("v2-0", "v2").await);
     for fast in [true, false] {
         let sticky = "sticky = { header = \"x-user\", cookie = \"uid\" }\n";
-        let mut text = config(&[("v1", &[&v1]), ("v2", &[&v2])], &[("v1", 95), ("v2", 5)], sticky);
-        text = text.replacen(
-            "[listeners.main]\naddr = \"127.0.0.1:0\"\n",
-            &format!("[listeners.main]\naddr = \"127.0.0.1:0\"\nfast_path = {fast}\n"),
-            1,
-        );
+        let text = with_fast_path(config(&[("v1", &[&v1]), ("v2", &[&v2])], &[("v1", 95), ("v2", 5)], sticky), fast);
         let weir = start(&text).await;
         let (traffic, admin) = urls(&weir);
         let client = Client::new();
@@ -122,5 +127,81 @@ async fn sticky_users_only_move_into_the_canary() {
             assert!((share - f64::from(canary) / 100.0).abs() < 0.12, "{in_v2} of 200 users on v2 at {canary} %");
         }
         weir.shutdown().await;
+    }
+}
+
+/// Header and cookie rules by exact value, pattern and always/never, with ingress-nginx's
+/// precedence (X-Weir-Version, header, cookie, weight), on both HTTP/1 paths; then
+/// `force_unavailable = "fallback"`.
+#[tokio::test]
+async fn rules_force_by_header_and_cookie_with_precedence() {
+    let (v1, v2, v3) =
+        (Backend::spawn("v1-0", "v1").await, Backend::spawn("v2-0", "v2").await, Backend::spawn("v3-0", "v3").await);
+    let rules = r#"force = [
+  { cookie = "canary", version = "v2" },
+  { header = "x-canary", version = "v2" },
+  { header = "x-tester", version = "v3", pattern = '^(alice|bob)@example\.com$' },
+  { cookie = "beta", version = "v3", value = "yes" },
+]
+"#;
+    let versions: &[(&str, &[&Backend])] = &[("v1", &[&v1]), ("v2", &[&v2]), ("v3", &[&v3])];
+    for fast in [true, false] {
+        let weir = start(&with_fast_path(config(versions, &[("v1", 50), ("v2", 50), ("v3", 0)], rules), fast)).await;
+        let (traffic, _) = urls(&weir);
+        let client = Client::new();
+        let cases: &[(&[(&str, &str)], &str)] = &[
+            (&[("x-canary", "always")], "v2"),
+            (&[("x-canary", "never")], "v1"),
+            (&[("x-tester", "alice@example.com")], "v3"),
+            (&[("cookie", "theme=dark; canary=always")], "v2"),
+            (&[("cookie", "canary=never")], "v1"),
+            (&[("cookie", "beta=yes")], "v3"),
+            // Header rules before cookie rules, whatever their order in the config.
+            (&[("x-canary", "never"), ("cookie", "canary=always")], "v1"),
+            (&[("cookie", "canary=never"), ("x-tester", "bob@example.com")], "v3"),
+            // X-Weir-Version before every rule.
+            (&[("x-weir-version", "v3"), ("x-canary", "always")], "v3"),
+        ];
+        for (fields, want) in cases {
+            for _ in 0..6 {
+                let r = get_with(&client, &traffic, fields).await;
+                assert_eq!(r.version(), *want, "{fields:?}, fast_path = {fast}");
+            }
+        }
+        // Values no rule decides on fall through to the weights: both v1 and v2, never v3.
+        for fields in [&[("x-canary", "maybe")][..], &[("x-tester", "mallory@example.com")], &[("cookie", "beta=no")]] {
+            let mut seen = std::collections::BTreeSet::new();
+            for _ in 0..10 {
+                seen.insert(get_with(&client, &traffic, fields).await.version().to_string());
+            }
+            assert_eq!(seen, ["v1", "v2"].map(String::from).into(), "{fields:?}, fast_path = {fast}");
+        }
+        weir.shutdown().await;
+    }
+    // Fallback: an unknown or down forced version is routed by the weights instead.
+    let text = format!("force_unavailable = \"fallback\"\n{rules}");
+    let weir = start(&config(versions, &[("v1", 1), ("v2", 0)], &text)).await;
+    let (traffic, _) = urls(&weir);
+    let client = Client::new();
+    let r = get(&client, &traffic, Some("v9")).await;
+    assert_eq!((r.status.as_u16(), r.version()), (200, "v1"), "{}", r.body);
+    weir.shutdown().await;
+}
+
+#[test]
+fn bad_rules_are_refused_with_their_field() {
+    let base = "[admin]\naddr = \"127.0.0.1:0\"\n[listeners.main]\naddr = \"127.0.0.1:0\"\n[apps.web]\nlistener = \"main\"\nsplit = { v1 = 1 }\nversions.v1.endpoints = [{ name = \"a\", addr = \"127.0.0.1:1\" }]\n";
+    for (rule, field) in [
+        (r#"{ header = "x-a", cookie = "b", version = "v1" }"#, "apps.web.force[0]"),
+        (r#"{ version = "v1" }"#, "apps.web.force[0]"),
+        (r#"{ header = "x a", version = "v1" }"#, "apps.web.force[0].header"),
+        (r#"{ cookie = "a;b", version = "v1" }"#, "apps.web.force[0].cookie"),
+        (r#"{ header = "x-a", version = "v7" }"#, "apps.web.force[0].version"),
+        (r#"{ header = "x-a", version = "v1", pattern = "(" }"#, "apps.web.force[0].pattern"),
+        (r#"{ header = "x-a", version = "v1", pattern = "a", value = "b" }"#, "apps.web.force[0]"),
+    ] {
+        let text = format!("{base}force = [{rule}]\n");
+        let err = weir::Config::parse(&text, "test").expect_err(rule).to_string();
+        assert!(err.contains(field), "{rule}: {err}");
     }
 }

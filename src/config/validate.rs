@@ -224,6 +224,11 @@ fn validate_discovery(field: &str, d: &super::DiscoveryConfig, out: &mut Vec<Pro
     }
 }
 
+/// A cookie name: an RFC 6265 token.
+fn is_cookie_name(c: &str) -> bool {
+    !c.is_empty() && c.bytes().all(|b| b.is_ascii_graphic() && !b"()<>@,;:\\\"/[]?={}".contains(&b))
+}
+
 fn validate_versions(app_name: &str, app: &super::AppConfig, out: &mut Vec<Problem>) {
     if let Some(sticky) = &app.sticky {
         if let Some(h) = &sticky.header
@@ -232,9 +237,37 @@ fn validate_versions(app_name: &str, app: &super::AppConfig, out: &mut Vec<Probl
             out.push(problem(format!("apps.{app_name}.sticky.header"), format!("{h:?} is not a header name")));
         }
         if let Some(c) = &sticky.cookie
-            && (c.is_empty() || c.bytes().any(|b| !b.is_ascii_graphic() || b"()<>@,;:\\\"/[]?={}".contains(&b)))
+            && !is_cookie_name(c)
         {
             out.push(problem(format!("apps.{app_name}.sticky.cookie"), format!("{c:?} is not a cookie name")));
+        }
+    }
+    for (i, rule) in app.force.iter().enumerate() {
+        let field = format!("apps.{app_name}.force[{i}]");
+        match (&rule.header, &rule.cookie) {
+            (Some(h), None) => {
+                if http::HeaderName::from_bytes(h.as_bytes()).is_err() {
+                    out.push(problem(format!("{field}.header"), format!("{h:?} is not a header name")));
+                }
+            }
+            (None, Some(c)) => {
+                if !is_cookie_name(c) {
+                    out.push(problem(format!("{field}.cookie"), format!("{c:?} is not a cookie name")));
+                }
+            }
+            _ => out.push(problem(&field, "needs exactly one of `header` and `cookie`")),
+        }
+        if !app.versions.contains_key(&rule.version) {
+            out.push(problem(format!("{field}.version"), format!("{:?} is not a version of this app", rule.version)));
+        }
+        match (&rule.value, &rule.pattern) {
+            (Some(_), Some(_)) => out.push(problem(&field, "`value` and `pattern` exclude each other")),
+            (_, Some(p)) => {
+                if let Err(e) = crate::data::snapshot::compile_pattern(p) {
+                    out.push(problem(format!("{field}.pattern"), format!("not a valid regular expression: {e}")));
+                }
+            }
+            _ => {}
         }
     }
     let field = format!("apps.{app_name}.versions");

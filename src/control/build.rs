@@ -130,8 +130,33 @@ fn build_app(
             let header = s.header.as_deref().and_then(|h| http::HeaderName::from_bytes(h.as_bytes()).ok());
             crate::data::split::Sticky::new(header, s.cookie.as_deref(), s.salt.as_deref().unwrap_or(name))
         }),
+        force: force_rules(app),
+        force_fallback: app.force_unavailable == crate::config::ForceUnavailable::Fallback,
     }
 }
 
 #[cfg(test)]
 mod tests;
+
+/// An app's forcing rules, header rules first (validated: every name and pattern is good).
+fn force_rules(app: &AppConfig) -> Box<[crate::data::snapshot::ForceRule]> {
+    use crate::data::snapshot::{ForceMatch, ForceRule, ForceSource, compile_pattern};
+    let rule = |r: &crate::config::ForceRule| {
+        let source = match (&r.header, &r.cookie) {
+            (Some(h), _) => ForceSource::Header(http::HeaderName::from_bytes(h.as_bytes()).ok()?),
+            (None, Some(c)) => ForceSource::Cookie(c.as_str().into()),
+            (None, None) => return None,
+        };
+        let matcher = match (&r.value, &r.pattern) {
+            (Some(v), _) => ForceMatch::Exact(v.trim().as_bytes().into()),
+            (None, Some(p)) => ForceMatch::Pattern(compile_pattern(p).ok()?),
+            (None, None) => ForceMatch::AlwaysNever,
+        };
+        // Versions are in name order, as the config's map is.
+        let version = app.versions.keys().position(|v| *v == r.version)?;
+        Some(ForceRule { source, version, matcher })
+    };
+    let (headers, cookies): (Vec<_>, Vec<_>) =
+        app.force.iter().filter_map(rule).partition(|r| matches!(r.source, ForceSource::Header(_)));
+    headers.into_iter().chain(cookies).collect()
+}

@@ -20,7 +20,7 @@ pub use headers::{set_forwarded, strip_hop_by_hop};
 
 use crate::data::listener::{ClientBody, ConnMetrics, Peer};
 use crate::data::pool::Endpoint;
-use crate::data::snapshot::{App, Routes, Snapshot, Version};
+use crate::data::snapshot::{App, ForceSource, Forced, Routes, Snapshot, Version};
 use crate::data::upstream::{Lease, UpstreamError};
 use crate::metrics::{Metrics, UpstreamErrorKind};
 use attempt::{Attempts, Exchange, Sent};
@@ -178,27 +178,19 @@ impl Proxy {
             return Err(ProxyError::NoRoute(host.map(str::to_owned)));
         };
         app.upstream.budget.record_request();
-        let forced = if app.force_header { fields.first(FORCE_HEADER.as_bytes()) } else { None };
-        let (version, endpoint) = match forced {
-            None => match &app.sticky {
-                None => choose(app, app.split.pick()),
-                Some(sticky) => {
-                    let key = sticky
-                        .header
-                        .as_ref()
-                        .and_then(|h| fields.first(h.as_str().as_bytes()))
-                        .or_else(|| fields.cookie(sticky.cookie.as_deref()?))
-                        .unwrap_or_else(|| client.ip.as_bytes());
-                    choose(app, app.split.pick_unit(sticky.unit(key)))
+        let (version, endpoint) = match forced(app, fields) {
+            Ok(None) => unforced(app, fields, client, None),
+            Ok(Some(Forced::Into(i))) => {
+                let v = &app.versions[i];
+                match v.pool.pick() {
+                    // Forced: never spilled elsewhere, unless the app says to fall back.
+                    None if app.force_fallback => unforced(app, fields, client, None),
+                    picked => (v, picked),
                 }
-            },
-            Some(name) => {
-                let Some(v) = app.versions.iter().find(|v| v.name.as_bytes() == name.trim_ascii()) else {
-                    return Err(ProxyError::UnknownVersion(String::from_utf8_lossy(name).into_owned()));
-                };
-                // Forced: never spilled elsewhere.
-                (v, v.pool.pick())
             }
+            Ok(Some(Forced::OutOf(i))) => unforced(app, fields, client, Some(i)),
+            Err(_) if app.force_fallback => unforced(app, fields, client, None),
+            Err(name) => return Err(ProxyError::UnknownVersion(String::from_utf8_lossy(name).into_owned())),
         };
         let Some(endpoint) = endpoint else {
             version.metrics.count_error(UpstreamErrorKind::NoEndpoint);
@@ -306,6 +298,63 @@ impl<'a> Fields<'a> {
                 .filter(|f| f.name.eq_ignore_ascii_case("cookie"))
                 .find_map(|f| crate::data::split::cookie(f.value, name)),
         }
+    }
+}
+
+/// What forces the request, by precedence: `X-Weir-Version` (when the app allows it), then
+/// the app's header rules, then its cookie rules. `Err` names a version the app lacks.
+#[inline]
+fn forced<'a>(app: &App, fields: Fields<'a>) -> Result<Option<Forced>, &'a [u8]> {
+    if app.force_header
+        && let Some(name) = fields.first(FORCE_HEADER.as_bytes())
+    {
+        let name = name.trim_ascii();
+        return match app.versions.iter().position(|v| v.name.as_bytes() == name) {
+            Some(i) => Ok(Some(Forced::Into(i))),
+            None => Err(name),
+        };
+    }
+    for rule in &app.force {
+        let value = match &rule.source {
+            ForceSource::Header(h) => fields.first(h.as_str().as_bytes()),
+            ForceSource::Cookie(c) => fields.cookie(c),
+        };
+        if let Some(decided) = value.and_then(|v| rule.decide(v)) {
+            return Ok(Some(decided));
+        }
+    }
+    Ok(None)
+}
+
+/// The version for a request no rule forced into one: by the user's sticky bucket when the
+/// app has them, else by the weights; never `excluded` (a `never` rule), which then gives up
+/// spilling too.
+#[inline]
+fn unforced<'s>(
+    app: &'s App,
+    fields: Fields<'_>,
+    client: &Peer,
+    excluded: Option<usize>,
+) -> (&'s Version, Option<&'s Endpoint>) {
+    let unit = match &app.sticky {
+        None => app.split.next_unit(),
+        Some(sticky) => {
+            let key = sticky
+                .header
+                .as_ref()
+                .and_then(|h| fields.first(h.as_str().as_bytes()))
+                .or_else(|| fields.cookie(sticky.cookie.as_deref()?))
+                .unwrap_or_else(|| client.ip.as_bytes());
+            sticky.unit(key)
+        }
+    };
+    match excluded {
+        None => choose(app, app.split.pick_unit(unit)),
+        Some(out) => match app.split.pick_unit_excluding(unit, out) {
+            Some(i) => (&app.versions[i], app.versions[i].pool.pick()),
+            // No other version has weight: nothing may take it.
+            None => (&app.versions[out], None),
+        },
     }
 }
 

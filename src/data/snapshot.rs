@@ -67,6 +67,71 @@ pub struct App {
     pub force_header: bool,
     /// Sticky user buckets, if the app has them.
     pub sticky: Option<crate::data::split::Sticky>,
+    /// Forcing rules, header rules first (config order within each kind).
+    pub force: Box<[ForceRule]>,
+    /// Whether a forced request whose version is unknown or down is routed as unforced.
+    pub force_fallback: bool,
+}
+
+/// A forcing rule, ready for requests (see [`crate::config::ForceRule`]).
+#[derive(Debug)]
+pub struct ForceRule {
+    /// Where the value is read.
+    pub source: ForceSource,
+    /// The index of the version it forces.
+    pub version: usize,
+    /// What the value must be.
+    pub matcher: ForceMatch,
+}
+
+/// Where a forcing rule reads its value.
+#[derive(Debug)]
+pub enum ForceSource {
+    /// A request header (lower case).
+    Header(http::HeaderName),
+    /// A cookie.
+    Cookie(Box<str>),
+}
+
+/// What a forcing rule's value must be.
+#[derive(Debug)]
+pub enum ForceMatch {
+    /// `always` forces the version, `never` keeps the request out of it.
+    AlwaysNever,
+    /// Exactly these bytes.
+    Exact(Box<[u8]>),
+    /// A match of this expression.
+    Pattern(regex::bytes::Regex),
+}
+
+/// What a forcing rule decides for a value.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Forced {
+    /// Into the version at this index.
+    Into(usize),
+    /// Out of the version at this index.
+    OutOf(usize),
+}
+
+impl ForceRule {
+    /// The rule's decision for `value`, if it decides.
+    #[inline]
+    pub fn decide(&self, value: &[u8]) -> Option<Forced> {
+        let value = value.trim_ascii();
+        match &self.matcher {
+            ForceMatch::AlwaysNever if value.eq_ignore_ascii_case(b"always") => Some(Forced::Into(self.version)),
+            ForceMatch::AlwaysNever if value.eq_ignore_ascii_case(b"never") => Some(Forced::OutOf(self.version)),
+            ForceMatch::AlwaysNever => None,
+            ForceMatch::Exact(v) => (**v == *value).then_some(Forced::Into(self.version)),
+            ForceMatch::Pattern(re) => re.is_match(value).then_some(Forced::Into(self.version)),
+        }
+    }
+}
+
+/// Compiles a forcing rule's pattern, bounded in size (a config is trusted, but a pattern
+/// that compiles to megabytes per app is a mistake worth refusing).
+pub fn compile_pattern(pattern: &str) -> Result<regex::bytes::Regex, regex::Error> {
+    regex::bytes::RegexBuilder::new(pattern).size_limit(1 << 20).dfa_size_limit(1 << 20).build()
 }
 
 /// One version of an app.

@@ -60,8 +60,28 @@ impl Split {
     /// The version index for the next request.
     #[inline]
     pub fn pick(&self) -> usize {
-        let n = self.next.fetch_add(1, Ordering::Relaxed);
-        self.pick_unit(n.wrapping_mul(GOLDEN))
+        self.pick_unit(self.next_unit())
+    }
+
+    /// The next point of the Weyl sequence, as a fraction of 2^64.
+    #[inline]
+    pub fn next_unit(&self) -> u64 {
+        self.next.fetch_add(1, Ordering::Relaxed).wrapping_mul(GOLDEN)
+    }
+
+    /// The version index at `unit / 2^64` of the weight line with version `excluded` taken
+    /// out (the others keep their order and proportions), or `None` when no other version
+    /// has weight. Monotone in the same way as [`Split::pick_unit`] for the versions left.
+    #[inline]
+    pub fn pick_unit_excluding(&self, unit: u64, excluded: usize) -> Option<usize> {
+        let before = if excluded == 0 { 0 } else { self.cumulative[excluded - 1] };
+        let own = self.cumulative[excluded] - before;
+        let rest = self.total() - own;
+        if rest == 0 {
+            return None;
+        }
+        let point = ((u128::from(unit) * u128::from(rest)) >> 64) as u64;
+        Some(self.pick_point(if point >= before { point + own } else { point }))
     }
 
     /// The version index at `unit / 2^64` of the way along the weight line. Uniform `unit`s
@@ -223,6 +243,19 @@ mod tests {
                 assert!(to >= from, "a key moved back from version {from} to {to}");
             }
         }
+    }
+
+    #[test]
+    fn excluding_a_version_keeps_the_others_proportions() {
+        let split = Split::new(&[30, 50, 20]);
+        let mut c = [0usize; 3];
+        for i in 0..100_000u64 {
+            c[split.pick_unit_excluding(i.wrapping_mul(GOLDEN), 1).unwrap()] += 1;
+        }
+        assert_eq!(c[1], 0);
+        assert!(c[0].abs_diff(60_000) <= 3 && c[2].abs_diff(40_000) <= 3, "{c:?}");
+        assert_eq!(Split::new(&[0, 10]).pick_unit_excluding(12345, 1), None);
+        assert_eq!(Split::new(&[0, 10]).pick_unit_excluding(12345, 0), Some(1));
     }
 
     #[test]
