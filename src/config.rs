@@ -275,6 +275,44 @@ pub struct ListenerConfig {
     /// comparing the two paths. Both apply the same framing checks either way.
     #[serde(default = "default_true")]
     pub fast_path: bool,
+    /// TLS termination (`[listeners.NAME.tls]`); none: plain HTTP.
+    #[serde(default)]
+    pub tls: Option<TlsConfig>,
+}
+
+/// `[listeners.NAME.tls]`: the certificates a TLS listener serves, and how.
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct TlsConfig {
+    /// Certificate chains with their keys, PEM files. The first serves clients that send no
+    /// SNI name or one no certificate is valid for; the others are chosen by the names they
+    /// are valid for (their subjectAltNames, wildcards included). Files are re-read when
+    /// their bytes change (checked every second) and on reload.
+    pub certificates: Vec<CertificateConfig>,
+    /// ALPN protocols offered, in order of preference: `h2`, `http/1.1`. Default both, `h2`
+    /// first; `["http/1.1"]` keeps clients on HTTP/1.1.
+    #[serde(default = "default_alpn")]
+    pub alpn: Vec<String>,
+    /// A handshake must complete within this. Default `10s`.
+    #[serde(default = "default_handshake_timeout", with = "humantime_serde")]
+    pub handshake_timeout: Duration,
+}
+
+/// One certificate chain and its private key (PKCS#8, PKCS#1 or SEC1), as PEM files.
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct CertificateConfig {
+    /// The certificate chain, leaf first (Kubernetes TLS Secret: `tls.crt`).
+    pub cert: std::path::PathBuf,
+    /// Its private key (`tls.key`).
+    pub key: std::path::PathBuf,
+}
+
+fn default_alpn() -> Vec<String> {
+    vec!["h2".into(), "http/1.1".into()]
+}
+fn default_handshake_timeout() -> Duration {
+    Duration::from_secs(10)
 }
 
 impl ListenerConfig {
@@ -288,6 +326,7 @@ impl ListenerConfig {
             keepalive_timeout: default_keepalive_timeout(),
             max_connections: default_max_connections(),
             fast_path: true,
+            tls: None,
         }
     }
 }

@@ -187,6 +187,8 @@ pub struct Control {
     identity: String,
     /// Set while the stored state, as last read, cannot be used: changes are refused.
     broken: Option<String>,
+    /// TLS listeners' certificates, re-read on a reload.
+    certificates: BTreeMap<String, Arc<crate::data::tls::Certificates>>,
     applied: watch::Sender<Applied>,
 }
 
@@ -213,6 +215,7 @@ impl Control {
             foreign: BTreeMap::new(),
             identity: String::new(),
             broken: None,
+            certificates: BTreeMap::new(),
             applied: watch::Sender::new(Applied::default()),
         };
         control.publish();
@@ -397,6 +400,11 @@ impl Control {
         Ok(())
     }
 
+    /// The TLS listeners' certificates, which a reload re-reads.
+    pub fn set_certificates(&mut self, certificates: BTreeMap<String, Arc<crate::data::tls::Certificates>>) {
+        self.certificates = certificates;
+    }
+
     /// Remembers the file this config came from, for reloads.
     pub fn with_config_path(mut self, path: Option<std::path::PathBuf>) -> Self {
         self.config_path = path;
@@ -444,7 +452,18 @@ impl Control {
             message: "cannot change on reload; restart weir to change it".into(),
         };
         let mut problems = Vec::new();
-        if new.listeners != self.config.listeners {
+        // A listener's certificates may change on reload (validation loaded the new files);
+        // nothing else of a listener, nor whether it has TLS.
+        let without_certificates = |c: &Config| {
+            let mut listeners = c.listeners.clone();
+            for l in listeners.values_mut() {
+                if let Some(tls) = &mut l.tls {
+                    tls.certificates.clear();
+                }
+            }
+            listeners
+        };
+        if without_certificates(&new) != without_certificates(&self.config) {
             problems.push(restart("listeners"));
         }
         if new.admin.addr != self.config.admin.addr {
@@ -507,6 +526,15 @@ impl Control {
         } else {
             self.histories = histories;
             self.publish();
+        }
+        // Certificates are re-read on every reload (their files may have changed too); the
+        // new ones were checked by validation, so a failure here is a file changed since.
+        for (name, l) in &self.config.listeners {
+            if let (Some(tls), Some(certs)) = (&l.tls, self.certificates.get(name))
+                && let Err(e) = certs.replace(&tls.certificates)
+            {
+                tracing::error!(listener = %name, "certificates not reloaded, the previous ones still serve: {e}");
+            }
         }
         let revisions = self.histories.iter().map(|(a, h)| (a.clone(), h.current().number)).collect();
         tracing::info!(?revisions, ?new_revisions, "config reloaded");

@@ -17,4 +17,5 @@ pub mod proxy;
 pub mod sketch;
 pub mod snapshot;
 pub mod split;
+pub mod tls;
 pub mod upstream;

@@ -62,6 +62,7 @@ pub struct Metrics {
     discovery: [IntCounterVec; 3],
     client_connections: IntGaugeVec,
     connection_limit: IntCounterVec,
+    tls_reload_errors: IntCounterVec,
     client_errors: IntCounterVec,
     state_writes: IntCounterVec,
     /// Requests whose host matched no app (`weir_unrouted_requests_total`).
@@ -205,10 +206,17 @@ impl Metrics {
             "Times a listener reached max_connections and stopped accepting until one closed.",
             &["listener"],
         );
+        let tls_reload_errors = counter(
+            "weir_tls_certificate_reload_errors_total",
+            "Times a TLS listener's certificate files changed but could not be used (the previous \
+             certificates kept serving).",
+            &["listener"],
+        );
         let client_errors = counter(
             "weir_client_errors_total",
             "Client requests refused for their framing or size (bad_request) and client connections \
-             closed for a deadline (header_timeout, body_timeout, send_timeout).",
+             closed for a deadline (header_timeout, body_timeout, send_timeout) or a failed TLS \
+             handshake (tls_handshake).",
             &["listener", "reason"],
         );
         let state_writes = counter(
@@ -221,6 +229,7 @@ impl Metrics {
             Box::new(state_writes.clone()) as Box<dyn prometheus::core::Collector>,
             Box::new(client_connections.clone()),
             Box::new(connection_limit.clone()),
+            Box::new(tls_reload_errors.clone()),
             Box::new(client_errors.clone()),
             Box::new(requests.clone()),
             Box::new(latency.clone()),
@@ -261,9 +270,15 @@ impl Metrics {
             discovery,
             client_connections,
             connection_limit,
+            tls_reload_errors,
             client_errors,
             unrouted,
         }
+    }
+
+    /// The counter of a TLS listener's failed certificate reloads.
+    pub fn tls_reload_errors(&self, listener: &str) -> prometheus::IntCounter {
+        self.tls_reload_errors.with_label_values(&[listener])
     }
 
     /// Handles for one traffic listener's connections.
@@ -277,6 +292,7 @@ impl Metrics {
                 header_timeout: error("header_timeout"),
                 body_timeout: error("body_timeout"),
                 send_timeout: error("send_timeout"),
+                tls_handshake: error("tls_handshake"),
             },
         }
     }

@@ -32,6 +32,9 @@ pub enum Error {
     /// The state store cannot be opened or read, or its state cannot be used.
     #[error("{0}")]
     State(String),
+    /// A TLS listener's certificates cannot be used.
+    #[error("{0}")]
+    Tls(String),
     /// A socket could not be bound.
     #[error("cannot listen on {addr} ({what}): {source}")]
     Bind {
@@ -124,6 +127,17 @@ pub async fn start_with(config: Config, path: Option<std::path::PathBuf>) -> Res
         tracing::info!(endpoints = first.len(), "waiting for the first probe of every endpoint (at most {limit:?})");
         health::first_results(first, limit).await;
     }
+    // TLS listeners' certificates: loaded before serving; the control task re-reads them on
+    // a reload, and a watcher when their files change.
+    let mut certificates = BTreeMap::new();
+    let mut tls_handshakes = BTreeMap::new();
+    for (name, l) in &config.listeners {
+        if let Some(tls) = &l.tls {
+            tls_handshakes.insert(name.clone(), tls_listener(name, tls, &metrics, &control_cancel, &mut certificates)?);
+        }
+    }
+    let mut control = control;
+    control.set_certificates(certificates);
     let (control, control_task) = control::spawn(control, control_cancel.clone());
     let state_tasks = state.spawn(&control, &applied, &control_cancel);
     let pools = control::discovery_of(&config);
@@ -150,8 +164,11 @@ pub async fn start_with(config: Config, path: Option<std::path::PathBuf>) -> Res
         listeners.insert(name, addr);
         let mut limits = listener::Limits::of(&listener_config);
         limits.closing = closing.clone();
-        let conns = listener::Connections { limits, metrics: metrics.listener(&listener_name) };
+        let tls = tls_handshakes.remove(&listener_name);
+        let https = tls.is_some();
+        let conns = listener::Connections { limits, metrics: metrics.listener(&listener_name), tls };
         let proxy = Proxy::new(snapshot.clone(), &metrics, index, &conns.metrics, listener_config.fast_path);
+        let proxy = if https { proxy.https() } else { proxy };
         // Weir's codec reads and checks every HTTP/1 head; it forwards the requests without a
         // body or with a small one itself, and hands the rest to hyper one at a time.
         let forward = Some(proxy.clone());
@@ -435,6 +452,24 @@ async fn start_discovery(
         let _ = (config, control, sync, metrics, cancel);
         Err(Error::Discovery("this weir was built without the `kubernetes` feature; discovery is unavailable".into()))
     }
+}
+
+/// A TLS listener's handshake, with its certificates loaded (kept in `certificates` for
+/// reloads) and watched for changes until `cancel`.
+fn tls_listener(
+    name: &str,
+    tls: &crate::config::TlsConfig,
+    metrics: &Metrics,
+    cancel: &CancellationToken,
+    certificates: &mut BTreeMap<String, Arc<crate::data::tls::Certificates>>,
+) -> Result<listener::Tls, Error> {
+    let tls_error = |e: crate::data::tls::TlsError| Error::Tls(format!("listener {name}: {e}"));
+    let certs = crate::data::tls::Certificates::load(name, &tls.certificates, metrics.tls_reload_errors(name))
+        .map_err(tls_error)?;
+    let server = certs.server_config(tls).map_err(tls_error)?;
+    tokio::spawn(Arc::clone(&certs).watch(cancel.clone()));
+    certificates.insert(name.to_owned(), certs);
+    Ok(listener::Tls { acceptor: tokio_rustls::TlsAcceptor::from(server), handshake_timeout: tls.handshake_timeout })
 }
 
 /// Waits until every endpoint whose version is probed has passed a probe, at most `limit`.

@@ -111,6 +111,9 @@ pub(super) fn validate(config: &Config) -> Vec<Problem> {
                 out.push(problem(format!("{field}.{what}"), "must be longer than 0s"));
             }
         }
+        if let Some(tls) = &l.tls {
+            validate_tls(&format!("{field}.tls"), tls, &mut out);
+        }
     }
     // (listener, host) -> app, to catch two apps claiming the same host on one listener.
     let mut hosts: HashMap<(&str, String), &str> = HashMap::new();
@@ -221,6 +224,30 @@ fn validate_discovery(field: &str, d: &super::DiscoveryConfig, out: &mut Vec<Pro
     }
     if d.port == Some(super::PortRef::Number(0)) {
         out.push(problem(format!("{field}.port"), "port 0 is not reachable"));
+    }
+}
+
+/// A listener's TLS section; the certificate files are loaded, so a bad or mismatched key
+/// is refused here (at start, by `weir check`, and by a reload, which then changes nothing).
+fn validate_tls(field: &str, tls: &super::TlsConfig, out: &mut Vec<Problem>) {
+    if tls.certificates.is_empty() {
+        out.push(problem(format!("{field}.certificates"), "at least one certificate is required"));
+    }
+    for (i, c) in tls.certificates.iter().enumerate() {
+        if let Err(e) = crate::data::tls::Certificates::check(std::slice::from_ref(c)) {
+            out.push(problem(format!("{field}.certificates[{i}]"), e.to_string()));
+        }
+    }
+    if tls.alpn.is_empty() {
+        out.push(problem(format!("{field}.alpn"), "offer at least one of \"h2\" and \"http/1.1\""));
+    }
+    for (i, p) in tls.alpn.iter().enumerate() {
+        if !["h2", "http/1.1"].contains(&p.as_str()) || tls.alpn[..i].contains(p) {
+            out.push(problem(format!("{field}.alpn"), format!("{p:?}: only \"h2\" and \"http/1.1\", each once")));
+        }
+    }
+    if tls.handshake_timeout.is_zero() {
+        out.push(problem(format!("{field}.handshake_timeout"), "must be longer than 0s"));
     }
 }
 

@@ -85,7 +85,7 @@ impl Admin {
     /// JSON error shape.
     pub async fn serve(self, socket: TcpListener, cancel: CancellationToken, grace: Duration) {
         let limits = Limits { header_read: HEADER_TIMEOUT, body_read: BODY_TIMEOUT, ..Limits::default() };
-        let conns = Connections { limits, metrics: ConnMetrics::unregistered() };
+        let conns = Connections { limits, metrics: ConnMetrics::unregistered(), tls: None };
         let heads = CheckHeads::new(refusal, &conns.metrics);
         let handler = move |req, client| self.clone().handle(req, client);
         listener::serve_with(socket, handler, Some(heads), conns, cancel, grace).await;

@@ -103,6 +103,8 @@ pub struct ClientErrors {
     pub body_timeout: IntCounter,
     /// A write to the client stalled past the send timeout.
     pub send_timeout: IntCounter,
+    /// A TLS handshake that failed or timed out.
+    pub tls_handshake: IntCounter,
 }
 
 impl ConnMetrics {
@@ -112,7 +114,13 @@ impl ConnMetrics {
         ConnMetrics {
             open: IntGauge::new("unregistered", "-").expect("valid metric"),
             limit_reached: c(),
-            errors: ClientErrors { bad_request: c(), header_timeout: c(), body_timeout: c(), send_timeout: c() },
+            errors: ClientErrors {
+                bad_request: c(),
+                header_timeout: c(),
+                body_timeout: c(),
+                send_timeout: c(),
+                tls_handshake: c(),
+            },
         }
     }
 
@@ -252,7 +260,7 @@ impl Forward for NoForward {
 /// connections finish their in-flight requests for up to `grace` (idle keep-alive connections
 /// are closed at once, HTTP/2 gets GOAWAY). Default limits, no codec ahead of hyper.
 pub async fn serve<H: Handler>(listener: TcpListener, handler: H, cancel: CancellationToken, grace: Duration) {
-    let conns = Connections { limits: Limits::default(), metrics: ConnMetrics::unregistered() };
+    let conns = Connections { limits: Limits::default(), metrics: ConnMetrics::unregistered(), tls: None };
     serve_with(listener, handler, None::<NoForward>, conns, cancel, grace).await;
 }
 
@@ -263,7 +271,30 @@ pub struct Connections {
     pub limits: Limits,
     /// What is counted.
     pub metrics: ConnMetrics,
+    /// TLS termination, for a TLS listener.
+    pub tls: Option<Tls>,
 }
+
+/// A TLS listener's handshake: its rustls configuration (whose certificates reload in
+/// place) and deadline.
+#[derive(Clone)]
+pub struct Tls {
+    /// The acceptor.
+    pub acceptor: tokio_rustls::TlsAcceptor,
+    /// A handshake must complete within this.
+    pub handshake_timeout: Duration,
+}
+
+impl std::fmt::Debug for Tls {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Tls").field("handshake_timeout", &self.handshake_timeout).finish_non_exhaustive()
+    }
+}
+
+/// A TLS handshake did not complete within the handshake timeout.
+#[derive(Debug, thiserror::Error)]
+#[error("TLS handshake not complete within the handshake timeout")]
+pub struct HandshakeTimeout;
 
 /// What every connection of a listener shares, in one allocation: a connection holds one
 /// reference to it, not copies (a parked connection's task is what 10,000 idle clients cost).
@@ -340,6 +371,13 @@ async fn serve_connection<H: Handler, F: Forward>(
 ) {
     let client = peer.addr;
     let conns = &shared.conns;
+    if let Some(tls) = &conns.tls {
+        if let Err(e) = Box::pin(serve_tls(stream, tls, peer, shared, cancel)).await {
+            conns.metrics.count_end(&e);
+            tracing::debug!(%client, "TLS connection ended: {e}");
+        }
+        return;
+    }
     // Boxed: its timer and readiness futures are needed once, not in every parked task.
     let result = match Box::pin(first_bytes(&stream, &conns.limits, &cancel)).await {
         Ok(None) => Ok(()),
@@ -358,6 +396,38 @@ async fn serve_connection<H: Handler, F: Forward>(
     if let Err(e) = result {
         conns.metrics.count_end(&e);
         tracing::debug!(%client, "connection ended: {e}");
+    }
+}
+
+/// A TLS connection: the handshake (bounded), then HTTP/2 when ALPN chose `h2`, else HTTP/1.1
+/// served by hyper. The send deadline applies to the socket under the TLS layer.
+async fn serve_tls<H: Handler, F: Forward>(
+    stream: TcpStream,
+    tls: &Tls,
+    peer: Peer,
+    shared: &Arc<Shared<H, F>>,
+    cancel: CancellationToken,
+) -> Result<(), BoxError> {
+    let io = ClientIo::new(stream, Bytes::new(), shared.conns.limits.send);
+    let accepted = tokio::select! {
+        () = cancel.cancelled() => return Ok(()),
+        accepted = tokio::time::timeout(tls.handshake_timeout, tls.acceptor.accept(io)) => accepted,
+    };
+    let stream = match accepted {
+        Ok(Ok(stream)) => stream,
+        Ok(Err(e)) => {
+            shared.conns.metrics.errors.tls_handshake.inc();
+            return Err(e.into());
+        }
+        Err(_) => {
+            shared.conns.metrics.errors.tls_handshake.inc();
+            return Err(HandshakeTimeout.into());
+        }
+    };
+    if stream.get_ref().1.alpn_protocol() == Some(b"h2") {
+        h2::serve(stream, peer, Arc::clone(shared), cancel).await
+    } else {
+        h1::serve_hyper(stream, peer, Arc::clone(shared), cancel).await
     }
 }
 

@@ -105,6 +105,12 @@ impl Proxy {
         }
     }
 
+    /// Says `X-Forwarded-Proto: https` to upstreams (a TLS listener's proxy).
+    pub fn https(mut self) -> Self {
+        self.proto = "https";
+        self
+    }
+
     /// Proxies one request from `client`. Never fails: errors become responses.
     pub async fn handle(&self, req: Request<ClientBody>, client: Peer) -> Response<ResponseBody> {
         let start = Instant::now();

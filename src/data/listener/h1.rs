@@ -427,3 +427,67 @@ fn wants_close(req: &Request<Incoming>) -> bool {
         _ => c.close,
     }
 }
+
+/// HTTP/1.1 served by hyper alone for a whole connection: TLS connections (Weir's codec reads
+/// plain sockets only). The same checks as on a plain connection ([`dispatch`]), the same
+/// deadlines (hyper's header read timeout; the body and send deadlines of the socket under
+/// the TLS layer), `Connection: close` once Weir drains, and the connection closed after a
+/// keep-alive period with no request.
+pub(super) async fn serve_hyper<I, H: Handler, F: Forward>(
+    io: I,
+    peer: Peer,
+    shared: Arc<Shared<H, F>>,
+    cancel: CancellationToken,
+) -> Result<(), BoxError>
+where
+    I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let limits = shared.conns.limits.clone();
+    let requests = Arc::new(AtomicU64::new(0));
+    let service = {
+        let (requests, shared) = (Arc::clone(&requests), Arc::clone(&shared));
+        let (body_read, closing) = (limits.body_read, limits.closing.clone());
+        hyper::service::service_fn(move |req: Request<Incoming>| {
+            requests.fetch_add(1, Ordering::Relaxed);
+            let complete = Arc::new(AtomicBool::new(true));
+            let metrics = &shared.conns.metrics;
+            let (_, answer) = dispatch(&shared, req, &peer, metrics, body_read, &complete);
+            let closing = closing.clone();
+            async move {
+                let (mut resp, _) = answer.await;
+                if closing.is_cancelled() {
+                    resp.headers_mut().insert(http::header::CONNECTION, http::HeaderValue::from_static("close"));
+                }
+                Ok::<_, Infallible>(resp)
+            }
+        })
+    };
+    let conn = hyper::server::conn::http1::Builder::new()
+        .timer(TokioTimer::new())
+        .header_read_timeout(limits.header_read)
+        .max_buf_size(HYPER_BUF)
+        .serve_connection(TokioIo::new(io), service)
+        .with_upgrades();
+    tokio::pin!(conn);
+    let mut idle = tokio::time::interval_at(Instant::now() + limits.keepalive, limits.keepalive);
+    let (mut seen, mut stopping) = (0, false);
+    loop {
+        tokio::select! {
+            r = conn.as_mut() => return r.map_err(Into::into),
+            () = cancel.cancelled(), if !stopping => {
+                stopping = true;
+                conn.as_mut().graceful_shutdown();
+            }
+            _ = idle.tick(), if !stopping => {
+                // A whole keep-alive period with no new request: closed once the response in
+                // flight, if any, is out.
+                let now = requests.load(Ordering::Relaxed);
+                if now == seen {
+                    stopping = true;
+                    conn.as_mut().graceful_shutdown();
+                }
+                seen = now;
+            }
+        }
+    }
+}

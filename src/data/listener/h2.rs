@@ -20,7 +20,7 @@ use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-use super::{BoxError, ClientBody, ClientIo, Handler, Peer, Shared};
+use super::{BoxError, ClientBody, Handler, Peer, Shared};
 use crate::data::clock::clock_ms;
 
 /// Streams a client may have open at once on one connection.
@@ -28,12 +28,15 @@ const MAX_STREAMS: u32 = 128;
 
 /// Serves HTTP/2 on `io` until the client leaves, the connection has had no stream for the
 /// keep-alive timeout, or `cancel` fires (GOAWAY, then in-flight streams finish).
-pub(super) async fn serve<H: Handler, F>(
-    io: ClientIo,
+pub(super) async fn serve<I, H: Handler, F>(
+    io: I,
     peer: Peer,
     shared: Arc<Shared<H, F>>,
     cancel: CancellationToken,
-) -> Result<(), BoxError> {
+) -> Result<(), BoxError>
+where
+    I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
     let limits = &shared.conns.limits;
     let streams = Arc::new(AtomicU64::new(0));
     let watch = Arc::new(StallWatch::default());
