@@ -586,3 +586,35 @@ async fn r18_slow_body(path: Path) {
     rig.weir.shutdown().await;
     c.finish("R18");
 }
+
+/// HTTP/2 requests go upstream as HTTP/1.1, so they get the same field rules: CONNECT (with a
+/// body, an upstream that gives CONNECT none would read it as a second request) and
+/// a `Content_Length` alias are refused before anything reaches the upstream; a plain request
+/// on the same connection still goes through.
+#[tokio::test]
+async fn h2_requests_get_the_http1_rules() {
+    use bytes::Bytes;
+    use http_body_util::{BodyExt, Full};
+    let rig = rig(Path::Fast).await;
+    let tcp = tokio::net::TcpStream::connect(rig.addr).await.unwrap();
+    let (mut h2, conn) =
+        hyper::client::conn::http2::handshake(hyper_util::rt::TokioExecutor::new(), hyper_util::rt::TokioIo::new(tcp))
+            .await
+            .unwrap();
+    tokio::spawn(conn);
+    let smuggled = Bytes::from_static(SMUGGLED.as_bytes());
+    // (hyper's client sends no CONNECT with a body; refusing the method covers that case.)
+    let connect = http::Request::builder().method("CONNECT").uri("a:80").body(Full::<Bytes>::default()).unwrap();
+    let alias =
+        http::Request::post("http://a/r-alias").header("content_length", "5").body(Full::new(smuggled)).unwrap();
+    for (what, req, want) in [("CONNECT", connect, 405), ("Content_Length", alias, 400)] {
+        let resp = h2.send_request(req).await.unwrap_or_else(|e| panic!("{what}: {e}"));
+        assert_eq!(resp.status(), want, "{what}");
+    }
+    let ok = h2.send_request(http::Request::get("http://a/after").body(Full::<Bytes>::default()).unwrap()).await;
+    let body = ok.unwrap().into_body().collect().await.unwrap().to_bytes();
+    assert!(String::from_utf8_lossy(&body).contains("/after"), "{body:?}");
+    let seen = rig.up.settled().await;
+    assert_eq!(seen.iter().map(|r| r.target.as_str()).collect::<Vec<_>>(), ["/after"], "upstream saw:{}", list(&seen));
+    rig.weir.shutdown().await;
+}

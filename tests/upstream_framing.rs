@@ -56,6 +56,9 @@ fn script(path: &str) -> Script {
         "/u10" => s(&format!("HTTP/1.1 200 OK\r\nX-Big: {}\r\nContent-Length: 5\r\n\r\nhello", "b".repeat(70 * 1024))),
         "/u11-now" => s(&format!("HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nhello{FAKE}")),
         "/u11-late" => s("HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nhello").then(ms(50), FAKE),
+        "/u12-status-000" => s("HTTP/1.1 000 Zero\r\nContent-Length: 5\r\n\r\nhello"),
+        "/u12-status-099" => s("HTTP/1.1 099 Early\r\nContent-Length: 5\r\n\r\nhello"),
+        "/u12-chunked-gzip" => s("HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked, gzip\r\n\r\n5\r\nhello\r\n0\r\n\r\n"),
         _ => s(&format!("HTTP/1.1 200 OK\r\nContent-Length: {}\r\n\r\nown {path}\n", path.len() + 5)),
     }
 }
@@ -197,6 +200,7 @@ both_paths!(
     u09_non_chunked_transfer_coding,
     u10_head_over_64_kib,
     u11_unsolicited_bytes_after_a_response,
+    u12_impossible_status_and_chunked_not_last,
 );
 
 async fn u01_connection_lists_content_length(path: Path) {
@@ -326,4 +330,14 @@ async fn u11_unsolicited_bytes_after_a_response(path: Path) {
     rig.case(&mut c, "/u11-late", body_hello, After::AnyConn, true).await;
     rig.weir.shutdown().await;
     c.finish("U11");
+}
+
+async fn u12_impossible_status_and_chunked_not_last(path: Path) {
+    let rig = rig(path).await;
+    let mut c = Checks::default();
+    for target in ["/u12-status-000", "/u12-status-099", "/u12-chunked-gzip"] {
+        rig.case(&mut c, target, status(502), After::AnyConn, true).await;
+    }
+    rig.weir.shutdown().await;
+    c.finish("U12");
 }

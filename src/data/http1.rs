@@ -282,7 +282,13 @@ pub fn check_response(
     }
     if coded {
         let codings = headers.get_all(http::header::TRANSFER_ENCODING).iter().map(http::HeaderValue::as_bytes);
-        check.until_close = !tokens(codings).last().is_some_and(|c| c.eq_ignore_ascii_case(b"chunked"));
+        let chunked: Vec<bool> = tokens(codings).map(|c| c.eq_ignore_ascii_case(b"chunked")).collect();
+        // Chunked anywhere but last (`chunked, gzip`): refused, as Weir's codec does; passed
+        // on, the client would get the codings plus the chunked its own framing adds.
+        if chunked.iter().rev().skip(1).any(|&c| c) {
+            return Err("chunked is not the final transfer coding");
+        }
+        check.until_close = chunked.last() != Some(&true);
         if headers.remove(http::header::CONTENT_LENGTH).is_some() {
             check.reusable = false;
         }

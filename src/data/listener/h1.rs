@@ -259,7 +259,7 @@ fn dispatch<H: Handler, F: Forward>(
 /// Checks a request hyper parsed with the rules Weir's codec applies
 /// ([`http1::check_request`]); a refused one is answered here, in the listener's `wording`,
 /// with `Connection: close`.
-fn checked<B>(
+pub(super) fn checked<B>(
     req: &Request<Incoming>,
     metrics: &ConnMetrics,
     peer: &Peer,

@@ -20,15 +20,16 @@ use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-use super::{BoxError, ClientBody, Handler, Peer, Shared};
+use super::{BoxError, ClientBody, Forward, Handler, Peer, Shared, Wording, text_refusal};
 use crate::data::clock::clock_ms;
+use http_body_util::Either;
 
 /// Streams a client may have open at once on one connection.
 const MAX_STREAMS: u32 = 128;
 
 /// Serves HTTP/2 on `io` until the client leaves, the connection has had no stream for the
 /// keep-alive timeout, or `cancel` fires (GOAWAY, then in-flight streams finish).
-pub(super) async fn serve<I, H: Handler, F>(
+pub(super) async fn serve<I, H: Handler, F: Forward>(
     io: I,
     peer: Peer,
     shared: Arc<Shared<H, F>>,
@@ -45,9 +46,22 @@ where
         let (streams, watch, shared) = (Arc::clone(&streams), Arc::clone(&watch), Arc::clone(&shared));
         hyper::service::service_fn(move |req: Request<Incoming>| {
             streams.fetch_add(1, Ordering::Relaxed);
-            let fut = shared.handler.call(req.map(|b| ClientBody::new(b, body_read, None)), peer.clone());
+            // The same rules as HTTP/1 requests get (CONNECT refused, `Content_Length`
+            // aliases...): the request goes upstream as HTTP/1.1, where they matter.
+            let wording = shared.forward.as_ref().map_or(text_refusal as Wording, Forward::wording);
+            let refused = super::h1::checked(&req, &shared.conns.metrics, &peer, wording);
+            let fut = match refused {
+                None => Some(shared.handler.call(req.map(|b| ClientBody::new(b, body_read, None)), peer.clone())),
+                Some(_) => None,
+            };
             let watch = Arc::clone(&watch);
-            async move { Ok::<_, Infallible>(fut.await.map(|body| Watched::new(body, &watch))) }
+            async move {
+                let resp = match (fut, refused) {
+                    (Some(fut), _) => fut.await.map(Either::Left),
+                    (None, refusal) => refusal.expect("refused when not handled"),
+                };
+                Ok::<_, Infallible>(resp.map(|body| Watched::new(body, &watch)))
+            }
         })
     };
     let mut builder = hyper::server::conn::http2::Builder::new(TokioExecutor::new());

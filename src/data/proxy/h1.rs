@@ -351,6 +351,9 @@ async fn attempt(
                 }
                 Ok(httparse::Status::Complete(len)) => match resp.code {
                     Some(101) => return Err(protocol("101 Switching Protocols to a request without upgrade".into())),
+                    // httparse takes any three digits; no status below 100 exists (hyper
+                    // refuses them on the general path too).
+                    Some(code) if code < 100 => return Err(protocol(format!("invalid status code {code:03}"))),
                     Some(100..=199) => {
                         up.advance(len);
                         searched = 0;
