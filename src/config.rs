@@ -334,6 +334,9 @@ impl ListenerConfig {
 fn default_client_timeout() -> Duration {
     Duration::from_secs(30)
 }
+fn default_failure_percent() -> u8 {
+    50
+}
 fn default_keepalive_timeout() -> Duration {
     Duration::from_secs(60)
 }
@@ -506,6 +509,12 @@ pub struct OutlierConfig {
     /// Default 5; 0 turns it off.
     #[serde(default = "default_consecutive_failures")]
     pub consecutive_failures: u32,
+    /// ... provided those failures are at least this share of the endpoint's requests in the
+    /// window, in percent (Envoy's failure percentage): a busy endpoint with a few errors (or
+    /// a client hitting one failing path) is not ejected for them. Default 50; 0 counts
+    /// failures alone (nginx).
+    #[serde(default = "default_failure_percent")]
+    pub failure_percent: u8,
     /// The window failures are counted in (nginx's `fail_timeout`). Default `10s`.
     #[serde(default = "default_failure_window", with = "humantime_serde")]
     pub window: Duration,
@@ -667,6 +676,7 @@ impl Default for OutlierConfig {
             base_ejection: default_base_ejection(),
             max_ejection: default_max_ejection(),
             max_ejected_percent: default_max_ejected_percent(),
+            failure_percent: default_failure_percent(),
         }
     }
 }
@@ -741,9 +751,15 @@ pub struct TimeoutConfig {
     #[serde(default = "default_connect_timeout", with = "humantime_serde")]
     pub connect: Duration,
     /// Time from sending the request until the upstream's response headers arrive. Default
-    /// `30s`. The response body then streams without a deadline. Exceeding it answers 504.
+    /// `30s`. Exceeding it answers 504.
     #[serde(default = "default_request_timeout", with = "humantime_serde")]
     pub request: Duration,
+    /// Longest silence of the upstream between two reads of a response body (nginx's
+    /// `proxy_read_timeout`); past it the response is cut and the client connection closes
+    /// (or its HTTP/2 stream resets). Default `60s`: long enough for server-sent events
+    /// with the usual 15–30 s heartbeats.
+    #[serde(default = "default_read_timeout", with = "humantime_serde")]
+    pub read: Duration,
     /// How long an idle pooled upstream connection is kept. Default `90s`.
     #[serde(default = "default_idle_timeout", with = "humantime_serde")]
     pub idle: Duration,
@@ -757,6 +773,9 @@ fn default_history_limit() -> usize {
 }
 fn default_connect_timeout() -> Duration {
     Duration::from_secs(1)
+}
+fn default_read_timeout() -> Duration {
+    Duration::from_secs(60)
 }
 fn default_request_timeout() -> Duration {
     Duration::from_secs(30)
@@ -779,7 +798,12 @@ impl Default for AdminConfig {
 
 impl Default for TimeoutConfig {
     fn default() -> Self {
-        Self { connect: default_connect_timeout(), request: default_request_timeout(), idle: default_idle_timeout() }
+        Self {
+            connect: default_connect_timeout(),
+            request: default_request_timeout(),
+            read: default_read_timeout(),
+            idle: default_idle_timeout(),
+        }
     }
 }
 

@@ -151,3 +151,28 @@ versions.stable.endpoints = [{{ addr = "{}", name = "api-0" }}]
     assert_eq!(r.status, 404);
     weir.shutdown().await;
 }
+
+/// An upstream that goes silent mid-body is cut after `timeouts.read`, on the fast path, on
+/// hyper's HTTP/1 path and on HTTP/2 (h2c): the client sees the body end in error, not a hang.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_body_silent_past_the_read_timeout_is_cut_on_every_path() {
+    let b = Backend::spawn("v1-0", "v1").await;
+    for (fast, h2) in [(true, false), (false, false), (true, true)] {
+        let mut text = common::config(&[("v1", &[&b])], &[("v1", 1)], "timeouts = { read = \"300ms\" }");
+        if !fast {
+            text =
+                text.replacen("addr = \"127.0.0.1:0\"\n[apps", "addr = \"127.0.0.1:0\"\nfast_path = false\n[apps", 1);
+        }
+        let weir = start(&text).await;
+        let (url, _) = urls(&weir);
+        let client: HyperClient<_, Full<Bytes>> =
+            HyperClient::builder(TokioExecutor::new()).http2_only(h2).build_http();
+        let resp = client.get(format!("{url}/drip").parse().unwrap()).await.unwrap();
+        let started = std::time::Instant::now();
+        let body = tokio::time::timeout(Duration::from_secs(10), resp.into_body().collect()).await;
+        let what = format!("fast_path = {fast}, h2 = {h2}");
+        assert!(body.expect(&what).is_err(), "{what}: the silent body ended as if complete");
+        assert!(started.elapsed() < Duration::from_secs(5), "{what}: cut after {:?}", started.elapsed());
+        weir.shutdown().await;
+    }
+}

@@ -169,6 +169,9 @@ pub(super) fn validate(config: &Config) -> Vec<Problem> {
             }
         }
         let o = &app.outlier;
+        if o.failure_percent > 100 {
+            out.push(problem(format!("{field}.outlier.failure_percent"), "must be 0 to 100"));
+        }
         if o.max_ejected_percent > 100 {
             out.push(problem(format!("{field}.outlier.max_ejected_percent"), "must be 0 to 100"));
         }

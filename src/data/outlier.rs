@@ -22,10 +22,17 @@ use crate::data::upstream::HttpClient;
 /// `max_ejected_percent` (one endpoint always may go).
 pub fn on_failure(app: &App, version: &Version, endpoint: &Endpoint) {
     let o = &app.outlier;
-    let window_ms = o.window.as_millis() as u64;
-    if !endpoint.state.record_failure(clock_ms(), window_ms, o.max_failures, o.consecutive_failures) {
+    let limits = crate::data::pool::FailureLimits {
+        window_ms: o.window.as_millis() as u64,
+        max: o.max_failures,
+        percent: o.failure_percent,
+        consecutive: o.consecutive_failures,
+    };
+    let now = clock_ms();
+    if !endpoint.state.record_failure(now, &limits) {
         return;
     }
+    endpoint.state.forget_ejections(now, o.max_ejection.as_millis() as u64);
     let pool = &version.pool;
     let ejected = pool.ejected_count();
     let allowed = ejected == 0 || (ejected + 1) * 100 <= pool.endpoints().len() * usize::from(o.max_ejected_percent);
@@ -41,8 +48,8 @@ pub fn on_failure(app: &App, version: &Version, endpoint: &Endpoint) {
     version.metrics.ejections.inc();
     endpoint.publish_health();
     let why = format!(
-        "ejected for {duration:?} after {} failures in a row or {} within {:?} (ejection #{times})",
-        o.consecutive_failures, o.max_failures, o.window
+        "ejected for {duration:?} after {} failures in a row, or {} within {:?} making {} % of its requests (ejection #{times})",
+        o.consecutive_failures, o.max_failures, o.window, o.failure_percent
     );
     tracing::warn!(app = %app.name, version = %version.name, endpoint = %endpoint.name, "{why}");
     endpoint.state.note_change(why);
@@ -100,6 +107,11 @@ impl Trial {
     /// longer.
     async fn run(self, mut wait: Duration, mut times: u32) {
         let (app, version, endpoint) = &self.names;
+        // The deadline set at ejection reflects the version's latency then; should the whole
+        // version have slowed since (or its trial path be slower than its traffic), a trial
+        // that timed out gets twice as long the next time, up to the request timeout, so a
+        // healthy endpoint is never kept out for good.
+        let mut deadline = self.deadline;
         loop {
             tokio::time::sleep(wait).await;
             let Some(state) = self.state.upgrade() else { return };
@@ -110,11 +122,16 @@ impl Trial {
             }
             state.await_trial();
             drop(state);
-            let outcome = self.try_once().await;
+            let outcome = self.try_once(deadline).await;
             let Some(state) = self.state.upgrade() else { return };
             match outcome {
                 Ok(status) => {
                     self.metrics.trials[0].inc();
+                    // Readmitted by its probe while the trial was out, and ejected anew: that
+                    // ejection has its own trial; this one answers for an older one.
+                    if state.times_ejected() != times {
+                        return;
+                    }
                     if state.readmit() {
                         self.gauge.set(i64::from(state.is_healthy()));
                         let why = format!("ejection ended: a trial request was answered ({status})");
@@ -125,9 +142,13 @@ impl Trial {
                 }
                 Err(why) => {
                     self.metrics.trials[1].inc();
-                    if !state.is_ejected() {
+                    if !state.is_ejected() || state.times_ejected() != times {
                         return;
                     }
+                    if why.timed_out {
+                        deadline = deadline.saturating_mul(2).min(self.client.timeouts.request);
+                    }
+                    let why = why.detail;
                     times = state.eject_again();
                     self.metrics.ejections.inc();
                     wait = ejection_time(self.outlier.base_ejection, self.outlier.max_ejection, times);
@@ -139,21 +160,29 @@ impl Trial {
         }
     }
 
-    /// One trial request; `Ok(status)` when answered within the deadline (below 500 when 5xx
+    /// One trial request; `Ok(status)` when answered within `deadline` (below 500 when 5xx
     /// answers count as failures).
-    async fn try_once(&self) -> Result<http::StatusCode, String> {
+    async fn try_once(&self, deadline: Duration) -> Result<http::StatusCode, TrialFailure> {
+        let failed = |detail: String| TrialFailure { detail, timed_out: false };
         let (path, host) = &self.request;
         let mut req = Request::new(Either::Right(Empty::new()));
-        *req.uri_mut() = path.parse().map_err(|e| format!("trial path {path:?}: {e}"))?;
+        *req.uri_mut() = path.parse().map_err(|e| failed(format!("trial path {path:?}: {e}")))?;
         req.headers_mut().insert(header::HOST, host.clone());
         req.headers_mut().insert(header::USER_AGENT, header::HeaderValue::from_static("weir-trial"));
-        match tokio::time::timeout(self.deadline, self.client.send(req)).await {
-            Err(_) => Err(format!("no answer within {:?}", self.deadline)),
-            Ok(Err(e)) => Err(e.to_string()),
+        match tokio::time::timeout(deadline, self.client.send(req)).await {
+            Err(_) => Err(TrialFailure { detail: format!("no answer within {deadline:?}"), timed_out: true }),
+            Ok(Err(e)) => Err(failed(e.to_string())),
             Ok(Ok((resp, _lease))) if self.count_5xx && resp.status().is_server_error() => {
-                Err(format!("answered {}", resp.status()))
+                Err(failed(format!("answered {}", resp.status())))
             }
             Ok(Ok((resp, _lease))) => Ok(resp.status()),
         }
     }
+}
+
+/// Why a trial failed.
+struct TrialFailure {
+    detail: String,
+    /// It was not answered within its deadline (rather than refused or answered 5xx).
+    timed_out: bool,
 }

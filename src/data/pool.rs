@@ -33,6 +33,10 @@ pub struct EndpointState {
     /// Passive failures in the current window, and when (ms on [`clock_ms`](super::clock::clock_ms)) it started.
     failures: AtomicU32,
     window_start_ms: AtomicU64,
+    /// Answers (successes) since the window started: failures count as a share of them.
+    answered: AtomicU32,
+    /// When it was last readmitted after an ejection (ms on `clock_ms`, 0: never).
+    readmitted_ms: AtomicU64,
     /// Failures since its last success (Finagle's failure accrual, Envoy's consecutive 5xx).
     consecutive: AtomicU32,
     /// Time to response head, an exponentially weighted moving average in µs (0: no sample
@@ -44,6 +48,19 @@ pub struct EndpointState {
     ever_up: AtomicBool,
     /// Details for operators (admin API); never read on the request path.
     record: Mutex<HealthRecord>,
+}
+
+/// When passive failures eject an endpoint (see [`EndpointState::record_failure`]).
+#[derive(Debug, Clone, Copy)]
+pub struct FailureLimits {
+    /// The window failures are counted in, ms.
+    pub window_ms: u64,
+    /// Failures within it that eject (0: off).
+    pub max: u32,
+    /// ... provided they are at least this share of its requests, percent.
+    pub percent: u8,
+    /// Failures in a row that eject (0: off).
+    pub consecutive: u32,
 }
 
 /// What operators see of an endpoint's health history.
@@ -65,6 +82,8 @@ impl EndpointState {
             in_flight: AtomicU32::new(0),
             failures: AtomicU32::new(0),
             window_start_ms: AtomicU64::new(0),
+            answered: AtomicU32::new(0),
+            readmitted_ms: AtomicU64::new(0),
             consecutive: AtomicU32::new(0),
             latency_us: AtomicU32::new(0),
             times_ejected: AtomicU32::new(0),
@@ -140,6 +159,7 @@ impl EndpointState {
         if self.consecutive.load(Ordering::Relaxed) != 0 {
             self.consecutive.store(0, Ordering::Relaxed);
         }
+        self.answered.fetch_add(1, Ordering::Relaxed);
         let sample = u32::try_from(latency.as_micros()).unwrap_or(u32::MAX).max(1);
         let old = self.latency_us.load(Ordering::Relaxed);
         let new = if old == 0 { sample } else { old - old / 8 + sample / 8 };
@@ -150,30 +170,46 @@ impl EndpointState {
         Some(self.latency_us.load(Ordering::Relaxed)).filter(|&us| us > 0)
     }
     /// Counts a passive failure at `now_ms`; true when it is the `consecutive`-th in a row
-    /// (no answer between), or `max` failures fell within `window_ms` (nginx's `max_fails`
-    /// in `fail_timeout`). Either resets both counts. A limit of 0 is off.
-    pub fn record_failure(&self, now_ms: u64, window_ms: u64, max: u32, consecutive: u32) -> bool {
+    /// (no answer between), or when `max` failures fell within the window *and* they are at
+    /// least `percent` % of the window's requests (nginx's `max_fails` in `fail_timeout`,
+    /// with Envoy's failure percentage: a busy endpoint with a few errors stays in). The
+    /// window starts at a failure after the last one expired. Ejecting resets both counts. A
+    /// limit of 0 is off.
+    pub fn record_failure(&self, now_ms: u64, limits: &FailureLimits) -> bool {
         let run = self.consecutive.fetch_add(1, Ordering::Relaxed) + 1;
-        if consecutive > 0 && run >= consecutive {
-            self.consecutive.store(0, Ordering::Relaxed);
-            self.failures.store(0, Ordering::Relaxed);
-            self.window_start_ms.store(now_ms, Ordering::Relaxed);
+        if limits.consecutive > 0 && run >= limits.consecutive {
+            self.reset_window(now_ms);
             return true;
         }
         let start = self.window_start_ms.load(Ordering::Relaxed);
-        let count = if now_ms.saturating_sub(start) > window_ms {
+        let count = if now_ms.saturating_sub(start) > limits.window_ms {
             self.window_start_ms.store(now_ms, Ordering::Relaxed);
+            self.answered.store(0, Ordering::Relaxed);
             self.failures.store(1, Ordering::Relaxed);
             1
         } else {
             self.failures.fetch_add(1, Ordering::Relaxed) + 1
         };
-        if max > 0 && count >= max {
-            self.failures.store(0, Ordering::Relaxed);
-            self.consecutive.store(0, Ordering::Relaxed);
+        let requests = u64::from(count) + u64::from(self.answered.load(Ordering::Relaxed));
+        if limits.max > 0 && count >= limits.max && u64::from(count) * 100 >= u64::from(limits.percent) * requests {
+            self.reset_window(now_ms);
             true
         } else {
             false
+        }
+    }
+    fn reset_window(&self, now_ms: u64) {
+        self.consecutive.store(0, Ordering::Relaxed);
+        self.failures.store(0, Ordering::Relaxed);
+        self.answered.store(0, Ordering::Relaxed);
+        self.window_start_ms.store(now_ms, Ordering::Relaxed);
+    }
+    /// Forgets earlier ejections once it has been back for `after_ms` (Envoy decays its
+    /// ejection multiplier too): a good endpoint's next ejection is short again.
+    pub fn forget_ejections(&self, now_ms: u64, after_ms: u64) {
+        let back = self.readmitted_ms.load(Ordering::Relaxed);
+        if back > 0 && now_ms.saturating_sub(back) >= after_ms && !self.is_ejected() {
+            self.times_ejected.store(0, Ordering::Relaxed);
         }
     }
     /// Ejects the endpoint; returns the number of this ejection (1, 2, …), or `None` when it
@@ -191,6 +227,7 @@ impl EndpointState {
     pub fn readmit(&self) -> bool {
         self.failures.store(0, Ordering::Relaxed);
         self.consecutive.store(0, Ordering::Relaxed);
+        self.readmitted_ms.store(super::clock::clock_ms().max(1), Ordering::Relaxed);
         self.down.fetch_and(!(EJECTED | TRIAL), Ordering::Relaxed) & (EJECTED | TRIAL) != 0
     }
     /// A failed trial: ejected again. Returns the number of this ejection.
@@ -447,36 +484,83 @@ mod tests {
         assert_eq!(s.eject(), Some(2));
     }
 
+    fn limits(max: u32, percent: u8, consecutive: u32) -> FailureLimits {
+        FailureLimits { window_ms: 10_000, max, percent, consecutive }
+    }
+
     #[test]
     fn failures_count_within_a_window() {
         let s = EndpointState::new(false);
         let ok = std::time::Duration::from_millis(1);
-        assert!(!s.record_failure(1_000, 10_000, 3, 0));
-        assert!(!s.record_failure(2_000, 10_000, 3, 0));
-        assert!(s.record_failure(3_000, 10_000, 3, 0), "third failure in the window ejects");
-        assert!(!s.record_failure(4_000, 10_000, 3, 0), "the count restarts after ejecting");
+        let l = limits(3, 0, 0);
+        assert!(!s.record_failure(1_000, &l));
+        assert!(!s.record_failure(2_000, &l));
+        assert!(s.record_failure(3_000, &l), "third failure in the window ejects");
+        assert!(!s.record_failure(4_000, &l), "the count restarts after ejecting");
         // Failures spread wider than the window never add up, answered or not between.
         for t in 0..10 {
-            assert!(!s.record_failure(100_000 + t * 20_000, 10_000, 3, 0));
+            assert!(!s.record_failure(100_000 + t * 20_000, &l));
             s.record_success(ok);
         }
-        assert!(!s.record_failure(5_000, 10_000, 0, 0), "0 disables ejection");
+        assert!(!s.record_failure(5_000, &limits(0, 0, 0)), "0 disables ejection");
+    }
+
+    #[test]
+    fn a_busy_endpoint_with_a_few_errors_stays_in() {
+        let s = EndpointState::new(false);
+        let ok = std::time::Duration::from_millis(1);
+        let l = limits(5, 50, 5);
+        // 1 failure in 100 requests, for 50 failures: never ejected.
+        for i in 0..5_000u64 {
+            if i % 100 == 0 {
+                assert!(!s.record_failure(1_000 + i, &l), "ejected at request {i}");
+            } else {
+                s.record_success(ok);
+            }
+        }
+        // Half failing: out within the threshold.
+        let ejected = (0..20u64).any(|i| {
+            if i % 2 == 0 {
+                s.record_success(ok);
+                false
+            } else {
+                s.record_failure(20_000 + i, &l)
+            }
+        });
+        assert!(ejected, "a half-failing endpoint stayed in");
     }
 
     #[test]
     fn failures_in_a_row_eject_however_slowly_they_come() {
         let s = EndpointState::new(false);
         let ok = std::time::Duration::from_millis(1);
+        let l = limits(5, 50, 5);
         // 30 s apart (a request timeout each): never 5 within a 10 s window, but 5 in a row.
         for t in 0..4 {
-            assert!(!s.record_failure(t * 30_000, 10_000, 5, 5));
+            assert!(!s.record_failure(t * 30_000, &l));
         }
-        assert!(s.record_failure(4 * 30_000, 10_000, 5, 5), "the fifth in a row ejects");
+        assert!(s.record_failure(4 * 30_000, &l), "the fifth in a row ejects");
         // An answer between ends the run.
         for t in 0..20 {
-            assert!(!s.record_failure(200_000 + t * 30_000, 10_000, 5, 5));
+            assert!(!s.record_failure(200_000 + t * 30_000, &l));
             s.record_success(ok);
         }
+    }
+
+    #[test]
+    fn ejections_are_forgotten_after_a_good_spell() {
+        let s = EndpointState::new(false);
+        assert_eq!(s.eject(), Some(1));
+        s.await_trial();
+        s.readmit();
+        assert_eq!(s.eject(), Some(2));
+        s.await_trial();
+        s.readmit();
+        let now = crate::data::clock::clock_ms();
+        s.forget_ejections(now, 300_000);
+        assert_eq!(s.times_ejected(), 2, "back for less than the decay time");
+        s.forget_ejections(now + 300_001, 300_000);
+        assert_eq!(s.eject(), Some(1), "the next ejection is short again");
     }
 
     #[test]

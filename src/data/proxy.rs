@@ -163,7 +163,10 @@ impl Proxy {
                     parts.headers.insert(header::CONNECTION, header::HeaderValue::from_static("close"));
                 }
                 let lease = if check.reusable { lease } else { lease.no_reuse() };
-                Response::from_parts(parts, ResponseBody::upstream(body, lease, in_flight))
+                Response::from_parts(
+                    parts,
+                    ResponseBody::upstream(body, lease, in_flight, endpoint.client.timeouts.read),
+                )
             }
             Err(resp) => resp,
         }

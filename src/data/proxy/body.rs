@@ -2,6 +2,7 @@
 
 use std::pin::Pin;
 use std::task::{Context, Poll};
+use std::time::Duration;
 
 use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
@@ -27,7 +28,21 @@ pub struct UpstreamBody {
     body: Incoming,
     lease: Option<Lease>,
     _in_flight: InFlight,
+    /// Longest silence between two frames (nginx's `proxy_read_timeout`).
+    read_timeout: Duration,
+    /// Armed while waiting for the upstream; allocated on the first wait only.
+    silence: Option<Pin<Box<tokio::time::Sleep>>>,
+    /// A frame came since the timer was armed: re-arm it on the next wait.
+    progressed: bool,
 }
+
+/// The upstream sent nothing of a response body within the read timeout.
+#[derive(Debug, thiserror::Error)]
+#[error("the upstream sent nothing of the response body within the read timeout ({0:?})")]
+pub struct ReadTimeout(Duration);
+
+/// Why a response body ended early.
+pub type BodyError = Box<dyn std::error::Error + Send + Sync>;
 
 impl ResponseBody {
     /// A local body from text or bytes.
@@ -35,23 +50,47 @@ impl ResponseBody {
         ResponseBody::Local(Some(bytes.into()))
     }
 
-    /// An upstream's body, on the connection `lease`.
-    pub fn upstream(body: Incoming, lease: Lease, in_flight: InFlight) -> Self {
-        ResponseBody::Upstream(UpstreamBody { body, lease: Some(lease), _in_flight: in_flight })
+    /// An upstream's body, on the connection `lease`, cut after `read_timeout` of silence.
+    pub fn upstream(body: Incoming, lease: Lease, in_flight: InFlight, read_timeout: Duration) -> Self {
+        ResponseBody::Upstream(UpstreamBody {
+            body,
+            lease: Some(lease),
+            _in_flight: in_flight,
+            read_timeout,
+            silence: None,
+            progressed: false,
+        })
     }
 }
 
 impl UpstreamBody {
-    fn poll_frame(&mut self, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+    fn poll_frame(&mut self, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BodyError>>> {
         let polled = Pin::new(&mut self.body).poll_frame(cx);
         match &polled {
             Poll::Ready(None) => self.release(),
             Poll::Ready(Some(Ok(_))) if self.body.is_end_stream() => self.release(),
             // A broken body: the connection is not reused (the lease drops with the body).
             Poll::Ready(Some(Err(_))) => self.lease = None,
-            _ => {}
+            Poll::Ready(Some(Ok(_))) => self.progressed = true,
+            Poll::Pending => return self.wait(cx),
         }
-        polled
+        polled.map(|f| f.map(|r| r.map_err(Into::into)))
+    }
+
+    /// Nothing from the upstream yet: pending, unless it has been silent for the read timeout.
+    fn wait(&mut self, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BodyError>>> {
+        let deadline = tokio::time::Instant::now() + self.read_timeout;
+        let silence = self.silence.get_or_insert_with(|| Box::pin(tokio::time::sleep(self.read_timeout)));
+        if std::mem::take(&mut self.progressed) {
+            silence.as_mut().reset(deadline);
+        }
+        match silence.as_mut().poll(cx) {
+            Poll::Pending => Poll::Pending,
+            Poll::Ready(()) => {
+                self.lease = None;
+                Poll::Ready(Some(Err(ReadTimeout(self.read_timeout).into())))
+            }
+        }
     }
 
     fn release(&mut self) {
@@ -73,9 +112,9 @@ impl Drop for UpstreamBody {
 
 impl Body for ResponseBody {
     type Data = Bytes;
-    type Error = hyper::Error;
+    type Error = BodyError;
 
-    fn poll_frame(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+    fn poll_frame(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BodyError>>> {
         match self.get_mut() {
             ResponseBody::Upstream(up) => up.poll_frame(cx),
             ResponseBody::Local(bytes) => Poll::Ready(bytes.take().map(|b| Ok(Frame::data(b)))),

@@ -269,7 +269,7 @@ impl Proxy {
                 let used = used.or(spare).expect("the answer came from one of the two");
                 (bufs.up, bufs.resp) = (used.up, used.out);
                 bufs.up.advance(len);
-                forward_body(client, conn, resp, bufs, endpoint.client.timeouts.request).await?;
+                forward_body(client, conn, resp, bufs, endpoint.client.timeouts.read).await?;
                 drop(in_flight);
                 Ok(!resp.close)
             }
@@ -415,7 +415,7 @@ async fn forward_body(
         up.clear();
         up.reserve(BODY_CHUNK);
         let read = tokio::time::timeout(read_timeout, conn.stream.read_buf(up)).await;
-        if read.map_err(|_| "upstream sent nothing of the body within the request timeout")?? == 0 {
+        if read.map_err(|_| "upstream sent nothing of the body within the read timeout")?? == 0 {
             if resp.framing == Framing::UntilClose {
                 return Ok(());
             }
