@@ -231,8 +231,13 @@ impl HttpClient {
                     // timeout): nothing was sent, so the request goes on another connection.
                     Some(unsent) if reused => req = unsent,
                     _ => {
-                        let mut err = UpstreamError::from_hyper(e.into_error());
-                        if reused && err.kind == UpstreamErrorKind::Protocol {
+                        let e = e.into_error();
+                        // A reused connection that broke (closed, reset, cut mid-head) was
+                        // closed by the upstream while idle; one that answered garbage was
+                        // not: that is the endpoint's fault, and it is blamed.
+                        let broke = !(e.is_parse() || e.is_parse_status() || e.is_parse_too_large() || e.is_user());
+                        let mut err = UpstreamError::from_hyper(e);
+                        if reused && broke && err.kind == UpstreamErrorKind::Protocol {
                             // The connections idle longer than this one are as stale: close
                             // them, so the next try opens a fresh one.
                             self.conns.hyper.clear();

@@ -54,13 +54,16 @@ where
                 None => Some(shared.handler.call(req.map(|b| ClientBody::new(b, body_read, None)), peer.clone())),
                 Some(_) => None,
             };
-            let watch = Arc::clone(&watch);
+            // Registered now, not once the response head is out: a stream still waiting
+            // for its upstream counts as open, so a draining connection is not dropped
+            // under it.
+            let stamp = watch.register();
             async move {
                 let resp = match (fut, refused) {
                     (Some(fut), _) => fut.await.map(Either::Left),
                     (None, refusal) => refusal.expect("refused when not handled"),
                 };
-                Ok::<_, Infallible>(resp.map(|body| Watched::new(body, &watch)))
+                Ok::<_, Infallible>(resp.map(|inner| Watched { inner, stamp }))
             }
         })
     };
@@ -158,12 +161,6 @@ pub struct Watched<B> {
     inner: B,
     /// When data was last handed over and not yet followed by another poll (0: not waiting).
     stamp: Arc<AtomicU64>,
-}
-
-impl<B> Watched<B> {
-    fn new(inner: B, watch: &StallWatch) -> Self {
-        Watched { inner, stamp: watch.register() }
-    }
 }
 
 impl<B> Body for Watched<B>
