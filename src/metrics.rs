@@ -57,6 +57,7 @@ pub struct Metrics {
     ejections: IntCounterVec,
     trials: IntCounterVec,
     spills: IntCounterVec,
+    tunnels: IntGaugeVec,
     probes: IntCounterVec,
     endpoint_healthy: IntGaugeVec,
     discovery: [IntCounterVec; 3],
@@ -90,6 +91,8 @@ pub struct VersionMetrics {
     pub spilled: IntCounter,
     /// Probe results: index 0 = passed, 1 = failed.
     pub probes: [IntCounter; 2],
+    /// Upgraded connections open now.
+    pub tunnels: prometheus::IntGauge,
 }
 
 impl VersionMetrics {
@@ -177,6 +180,14 @@ impl Metrics {
             "Requests for a version with no healthy endpoint, sent to another version.",
             &["app", "version"],
         );
+        let tunnels = IntGaugeVec::new(
+            Opts::new(
+                "weir_tunnels_open",
+                "Upgraded connections (WebSocket and other Upgrade requests) open now, per version.",
+            ),
+            &["app", "version"],
+        )
+        .expect("valid metric");
         let probes = counter("weir_probes_total", "Active health probes, by result.", &["app", "version", "result"]);
         let endpoint_healthy = IntGaugeVec::new(
             Opts::new("weir_endpoint_healthy", "1 when the endpoint takes new requests, else 0."),
@@ -243,6 +254,7 @@ impl Metrics {
             Box::new(ejections.clone()),
             Box::new(trials.clone()),
             Box::new(spills.clone()),
+            Box::new(tunnels.clone()),
             Box::new(probes.clone()),
             Box::new(endpoint_healthy.clone()),
             Box::new(discovery[0].clone()),
@@ -265,6 +277,7 @@ impl Metrics {
             ejections,
             trials,
             spills,
+            tunnels,
             probes,
             endpoint_healthy,
             discovery,
@@ -310,6 +323,7 @@ impl Metrics {
             ejections: self.ejections.with_label_values(&[app, version]),
             trials: ["pass", "fail"].map(|r| self.trials.with_label_values(&[app, version, r])),
             spilled: self.spills.with_label_values(&[app, version]),
+            tunnels: self.tunnels.with_label_values(&[app, version]),
             probes: ["pass", "fail"].map(|r| self.probes.with_label_values(&[app, version, r])),
         }
     }

@@ -240,6 +240,22 @@ pub fn check_parsed<B>(req: &http::Request<B>) -> Result<(), (StatusCode, &'stat
     check_request(http11, line, fields).map(|_| ())
 }
 
+/// The protocol a request asks to switch to, when Weir tunnels it: an HTTP/1.1 request whose
+/// `Connection` lists `upgrade` and that has an `Upgrade` field, other than `h2c` (HTTP/2 on
+/// this very connection: Weir speaks it itself, with prior knowledge).
+pub fn upgrade_of<'v>(http11: bool, fields: &[(&'v [u8], &'v [u8])]) -> Option<&'v [u8]> {
+    if !http11 {
+        return None;
+    }
+    let named = |name: &'static [u8]| fields.iter().filter(move |(n, _)| n.eq_ignore_ascii_case(name)).map(|&(_, v)| v);
+    if !Connection::parse(named(b"connection")).upgrade {
+        return None;
+    }
+    let protocol = named(b"upgrade").next()?;
+    let h2c = tokens(std::iter::once(protocol)).any(|t| t.eq_ignore_ascii_case(b"h2c"));
+    (!h2c && !protocol.trim_ascii().is_empty()).then_some(protocol)
+}
+
 /// What a response head hyper parsed from an upstream means for the two connections.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ResponseCheck {
@@ -260,7 +276,18 @@ pub fn check_response(
     headers: &mut http::HeaderMap,
     head: bool,
 ) -> Result<ResponseCheck, &'static str> {
-    if status == StatusCode::SWITCHING_PROTOCOLS {
+    check_response_to(status, headers, head, false)
+}
+
+/// [`check_response`], for a request that asked to upgrade when `upgrade` (a 101 is then
+/// its answer, not an error).
+pub fn check_response_to(
+    status: StatusCode,
+    headers: &mut http::HeaderMap,
+    head: bool,
+    upgrade: bool,
+) -> Result<ResponseCheck, &'static str> {
+    if status == StatusCode::SWITCHING_PROTOCOLS && !upgrade {
         return Err("101 Switching Protocols to a request that did not ask to upgrade");
     }
     if headers.get_all(http::header::CONTENT_LENGTH).iter().count() > 1 {

@@ -89,6 +89,21 @@ pub struct Proxy {
     proto: &'static str,
     /// Whether Weir's codec forwards the plain HTTP/1.1 requests itself.
     fast: bool,
+    /// Where upgraded connections run, and when they must end.
+    tunnels: Option<Arc<Tunnels>>,
+}
+
+/// Upgraded connections (WebSocket…) outlive the request that opened them: they run as tasks
+/// of the listeners' tracker, so Weir's shutdown waits for them, and after `stop` fires they
+/// get `grace` to end on their own before they are closed.
+#[derive(Debug)]
+pub struct Tunnels {
+    /// The tracker shutdown waits on.
+    pub tracker: tokio_util::task::TaskTracker,
+    /// Fired when the listeners stop (after the drain delay).
+    pub stop: tokio_util::sync::CancellationToken,
+    /// How long they may last after `stop`.
+    pub grace: std::time::Duration,
 }
 
 impl Proxy {
@@ -102,7 +117,15 @@ impl Proxy {
             listener,
             proto: "http",
             fast,
+            tunnels: None,
         }
+    }
+
+    /// Runs upgraded connections under `tunnels` (else as free tasks, ended by nothing but
+    /// their peers).
+    pub fn with_tunnels(mut self, tunnels: Arc<Tunnels>) -> Self {
+        self.tunnels = Some(tunnels);
+        self
     }
 
     /// Says `X-Forwarded-Proto: https` to upstreams (a TLS listener's proxy).
@@ -112,8 +135,19 @@ impl Proxy {
     }
 
     /// Proxies one request from `client`. Never fails: errors become responses.
-    pub async fn handle(&self, req: Request<ClientBody>, client: Peer) -> Response<ResponseBody> {
+    pub async fn handle(&self, mut req: Request<ClientBody>, client: Peer) -> Response<ResponseBody> {
         let start = Instant::now();
+        // An upgrade Weir can tunnel: asked for on a connection hyper serves with upgrades
+        // (which put the client's side of it in the request), with no body.
+        let upgrade = match req.extensions().get::<hyper::upgrade::OnUpgrade>() {
+            Some(_) if req.body().is_end_stream() && req.headers().contains_key(header::UPGRADE) => {
+                let fields: Vec<_> = req.headers().iter().map(|(n, v)| (n.as_str().as_bytes(), v.as_bytes())).collect();
+                crate::data::http1::upgrade_of(req.version() == http::Version::HTTP_11, &fields)
+                    .and_then(|p| header::HeaderValue::from_bytes(p).ok())
+            }
+            _ => None,
+        };
+        let on_client = upgrade.as_ref().and_then(|_| req.extensions_mut().remove::<hyper::upgrade::OnUpgrade>());
         // One view of the routing state for the whole request, retries included.
         let snap = self.snapshot.load_full();
         let authority = req.uri().authority().map(|a| a.as_str());
@@ -138,6 +172,9 @@ impl Proxy {
             && let Ok(v) = header::HeaderValue::from_str(&endpoint.addr.to_string())
         {
             parts.headers.insert(header::HOST, v);
+        }
+        if let (Some(protocol), Some(on_client)) = (upgrade, on_client) {
+            return self.tunnel(app, version, endpoint, parts, path, protocol, on_client, start).await;
         }
         // Only a request without a body can be sent again here (a streamed body is gone once
         // sent); it keeps its head for that.
@@ -170,6 +207,75 @@ impl Proxy {
             }
             Err(resp) => resp,
         }
+    }
+
+    /// Sends an upgrade request to `endpoint` (once: the upstream may act on it, and a tunnel
+    /// is not hedged), and when it switches protocols, joins the two connections in a task
+    /// and answers the client 101. A refusal is an ordinary response.
+    #[allow(clippy::too_many_arguments)]
+    async fn tunnel(
+        &self,
+        app: &App,
+        version: &Version,
+        endpoint: &Endpoint,
+        mut parts: http::request::Parts,
+        path: PathAndQuery,
+        protocol: header::HeaderValue,
+        on_client: hyper::upgrade::OnUpgrade,
+        start: Instant,
+    ) -> Response<ResponseBody> {
+        parts.uri = Uri::from(path);
+        parts.version = http::Version::HTTP_11;
+        parts.headers.insert(header::UPGRADE, protocol);
+        parts.headers.insert(header::CONNECTION, header::HeaderValue::from_static("upgrade"));
+        let req = Request::from_parts(parts, Either::Right(Empty::new()));
+        let in_flight = crate::data::pool::InFlight::start(&endpoint.state);
+        let tried = Instant::now();
+        let (mut resp, lease) = match endpoint.client.send_upgrade(req).await {
+            Ok(answer) => answer,
+            Err(e) => {
+                version.metrics.count_error(e.kind);
+                crate::data::outlier::on_failure(app, version, endpoint);
+                tracing::warn!(app = %app.name, version = %version.name, endpoint = %endpoint.name, "upgrade failed: {e}");
+                return attempt::failed(version, e, start);
+            }
+        };
+        attempt::answered(app, version, endpoint, resp.status(), start, tried);
+        let switched = resp.status() == StatusCode::SWITCHING_PROTOCOLS;
+        let on_upstream = switched.then(|| hyper::upgrade::on(&mut resp));
+        let (mut parts, body) = resp.into_parts();
+        let check = match crate::data::http1::check_response_to(parts.status, &mut parts.headers, false, true) {
+            Ok(check) => check,
+            Err(why) => {
+                return attempt::failed(version, UpstreamError::protocol(format!("invalid response: {why}")), start);
+            }
+        };
+        let switched_to = parts.headers.get(header::UPGRADE).cloned();
+        strip_hop_by_hop(&mut parts.headers);
+        parts.version = http::Version::HTTP_11;
+        let Some(on_upstream) = on_upstream else {
+            // Declined: the answer goes back as any other.
+            if check.until_close {
+                parts.headers.insert(header::CONNECTION, header::HeaderValue::from_static("close"));
+            }
+            return Response::from_parts(
+                parts,
+                ResponseBody::upstream(body, lease, in_flight, endpoint.client.timeouts.read),
+            );
+        };
+        let Some(switched_to) = switched_to else {
+            let e = UpstreamError::protocol("101 Switching Protocols without Upgrade".to_string());
+            return attempt::failed(version, e, start);
+        };
+        parts.headers.insert(header::UPGRADE, switched_to);
+        parts.headers.insert(header::CONNECTION, header::HeaderValue::from_static("upgrade"));
+        let names = (Arc::clone(&app.name), Arc::clone(&version.name));
+        let run = join(on_client, on_upstream, version.metrics.tunnels.clone(), in_flight, names, self.tunnels.clone());
+        match &self.tunnels {
+            Some(t) => drop(t.tracker.spawn(run)),
+            None => drop(tokio::spawn(run)),
+        }
+        Response::from_parts(parts, ResponseBody::Local(None))
     }
 
     /// The app, version and endpoint for a request to `host`, or why there is none (counted).
@@ -383,4 +489,45 @@ fn choose(app: &App, index: usize) -> (&Version, Option<&Endpoint>) {
         }
         None => (chosen, None),
     }
+}
+
+/// One tunnel: waits for both sides to switch, then copies both ways until either side closes,
+/// or, once Weir stops, the grace period is over. A split change never touches it: it is
+/// bound to its endpoint, not to the routing table.
+async fn join(
+    on_client: hyper::upgrade::OnUpgrade,
+    on_upstream: hyper::upgrade::OnUpgrade,
+    open: prometheus::IntGauge,
+    in_flight: crate::data::pool::InFlight,
+    (app, version): (Arc<str>, Arc<str>),
+    tunnels: Option<Arc<Tunnels>>,
+) {
+    let (client, upstream) = match tokio::try_join!(on_client, on_upstream) {
+        Ok(both) => both,
+        Err(e) => {
+            tracing::debug!(%app, %version, "upgrade not completed: {e}");
+            return;
+        }
+    };
+    let (mut client, mut upstream) = (hyper_util::rt::TokioIo::new(client), hyper_util::rt::TokioIo::new(upstream));
+    open.inc();
+    let stopped = async {
+        match &tunnels {
+            Some(t) => {
+                t.stop.cancelled().await;
+                tokio::time::sleep(t.grace).await;
+            }
+            None => std::future::pending().await,
+        }
+    };
+    tokio::select! {
+        copied = tokio::io::copy_bidirectional(&mut client, &mut upstream) => {
+            if let Err(e) = copied {
+                tracing::debug!(%app, %version, "tunnel ended: {e}");
+            }
+        }
+        () = stopped => tracing::info!(%app, %version, "tunnel closed at the end of the shutdown grace period"),
+    }
+    open.dec();
+    drop(in_flight);
 }

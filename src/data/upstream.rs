@@ -189,6 +189,16 @@ impl HttpClient {
         self.within_request_timeout(self.exchange(req)).await
     }
 
+    /// Sends an `Upgrade` request on a connection of its own, within the request timeout; the
+    /// [`Lease`] never returns it to the pool.
+    pub async fn send_upgrade(
+        &self,
+        req: http::Request<RequestBody>,
+    ) -> Result<(http::Response<Incoming>, Lease), UpstreamError> {
+        let resp = self.within_request_timeout(self.conns.upgrade(req)).await?;
+        Ok((resp, Lease { sender: None, conns: Arc::clone(&self.conns) }))
+    }
+
     /// Runs `exchange` (connect, send, read the response head) within the request timeout.
     pub async fn within_request_timeout<T>(
         &self,
@@ -294,6 +304,27 @@ impl Connections {
             }
         });
         Ok(sender)
+    }
+
+    /// Sends an `Upgrade` request on a connection of its own (never pooled: if the upstream
+    /// switches protocols, the connection becomes the tunnel), with upgrades enabled.
+    async fn upgrade(
+        self: &Arc<Self>,
+        req: http::Request<RequestBody>,
+    ) -> Result<http::Response<Incoming>, UpstreamError> {
+        let addr = self.addr;
+        let stream = self.open().await?;
+        let (mut sender, conn) = http1::Builder::new()
+            .max_buf_size(64 * 1024)
+            .handshake(TokioIo::new(stream))
+            .await
+            .map_err(UpstreamError::from_hyper)?;
+        tokio::spawn(async move {
+            if let Err(e) = conn.with_upgrades().await {
+                tracing::debug!(%addr, "upstream upgrade connection ended: {e}");
+            }
+        });
+        sender.send_request(req).await.map_err(UpstreamError::from_hyper)
     }
 
     fn close_expired(&self) {

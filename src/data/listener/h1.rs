@@ -63,6 +63,11 @@ pub(super) async fn serve<H: Handler, F: Forward>(
         match Box::pin(forward.forward(&mut io, &peer, limits, &cancel)).await? {
             Forwarded::Park => continue,
             Forwarded::Close => return Box::pin(close(io)).await,
+            Forwarded::Fallback if asks_upgrade(&io.prefix) => {
+                // A WebSocket (or other) upgrade: hyper serves the rest of the connection with
+                // upgrades on; if the upstream switches, the connection becomes the tunnel.
+                return serve_hyper(io, peer, shared, cancel).await;
+            }
             Forwarded::Fallback => io.fence = request_end(&io.prefix).map(Box::new),
         }
         let one = Box::pin(serve_one(io, Arc::clone(&shared), peer.clone(), &cancel));
@@ -85,6 +90,18 @@ fn request_end(pending: &[u8]) -> Option<Fence> {
     let framing = http1::check_request(req.version? == 1, line, fields).ok()?;
     let len = len as u64;
     Some(if framing.chunked { Fence::chunked(len) } else { Fence::length(len + framing.length.unwrap_or(0)) })
+}
+
+/// Whether the request at the front of `pending` (a whole head the codec checked) asks to
+/// upgrade the connection in a way Weir tunnels ([`http1::upgrade_of`]).
+fn asks_upgrade(pending: &[u8]) -> bool {
+    let mut headers = [httparse::EMPTY_HEADER; http1::MAX_HEADERS];
+    let Ok((req, _)) = http1::parse_request(pending, &mut headers) else { return false };
+    if !req.headers.iter().any(|h| h.name.eq_ignore_ascii_case("upgrade")) {
+        return false;
+    }
+    let fields: Vec<_> = req.headers.iter().map(|h| (h.name.as_bytes(), h.value)).collect();
+    http1::upgrade_of(req.version == Some(1), &fields).is_some()
 }
 
 /// Waits, parked, for the client's next bytes: `true` when they came, `false` when the
