@@ -366,6 +366,10 @@ pub struct AppConfig {
     /// Upstream timeouts.
     #[serde(default)]
     pub timeouts: TimeoutConfig,
+    /// How Weir speaks to the app's endpoints: HTTP/1.1 (the default) or HTTP/2, in clear or
+    /// over TLS.
+    #[serde(default)]
+    pub upstream: UpstreamConfig,
     /// Active health probe of every endpoint of every version; a version's own `probe`
     /// replaces it. None (the default): endpoints count as up, passive checks only.
     #[serde(default)]
@@ -437,6 +441,42 @@ pub enum ForceUnavailable {
     Refuse,
     /// Route the request by the sticky bucket or the weights instead.
     Fallback,
+}
+
+/// `[apps.NAME.upstream]`: the protocol to the app's endpoints.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct UpstreamConfig {
+    /// `http1` (the default; pooled keep-alive connections) or `http2` (one multiplexed
+    /// connection per endpoint: gRPC, which needs trailers). Over TLS it is offered by ALPN.
+    #[serde(default)]
+    pub protocol: UpstreamProtocol,
+    /// TLS to the endpoints; none: clear text.
+    #[serde(default)]
+    pub tls: Option<UpstreamTlsConfig>,
+}
+
+/// See [`UpstreamConfig::protocol`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum UpstreamProtocol {
+    /// HTTP/1.1.
+    #[default]
+    Http1,
+    /// HTTP/2 (h2c in clear text, h2 over TLS).
+    Http2,
+}
+
+/// `[apps.NAME.upstream.tls]`: TLS to the endpoints, verified against a CA bundle.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct UpstreamTlsConfig {
+    /// PEM bundle of the CAs the endpoints' certificates must chain to.
+    pub ca: std::path::PathBuf,
+    /// The name their certificates must be valid for (and sent as SNI). Default: the
+    /// endpoint's IP address (its certificate must then list it).
+    #[serde(default)]
+    pub server_name: Option<String>,
 }
 
 /// `[apps.NAME.sticky]`: where a request's user key comes from. The header is read first,

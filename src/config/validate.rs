@@ -272,6 +272,9 @@ fn validate_versions(app_name: &str, app: &super::AppConfig, out: &mut Vec<Probl
             out.push(problem(format!("apps.{app_name}.sticky.cookie"), format!("{c:?} is not a cookie name")));
         }
     }
+    if let Err(e) = crate::data::upstream::Transport::of(&app.upstream) {
+        out.push(problem(format!("apps.{app_name}.upstream.tls"), e));
+    }
     for (i, rule) in app.force.iter().enumerate() {
         let field = format!("apps.{app_name}.force[{i}]");
         match (&rule.header, &rule.cookie) {

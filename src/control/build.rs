@@ -11,7 +11,7 @@ use crate::control::discovery::{Discovered, PoolKey};
 use crate::data::pool::{Endpoint, EndpointState, Pool};
 use crate::data::snapshot::{App, ListenerRoutes, Snapshot, SplitState, Version};
 use crate::data::split::Split;
-use crate::data::upstream::HttpClient;
+use crate::data::upstream::{HttpClient, Transport};
 use crate::metrics::Metrics;
 
 /// Discovered endpoints per (app, version), for versions that use discovery.
@@ -62,6 +62,18 @@ fn build_app(
     prev: Option<&App>,
     metrics: &Metrics,
 ) -> App {
+    // The previous snapshot's transport while the config's is the same (its CA bundle is
+    // read once, not on every rebuild).
+    let transport = prev
+        .and_then(|p| {
+            p.versions
+                .iter()
+                .flat_map(|v| v.pool.endpoints())
+                .map(|e| e.client.transport())
+                .find(|t| t.config == app.upstream)
+                .cloned()
+        })
+        .unwrap_or_else(|| Transport::of_or_refusing(&app.upstream));
     let versions: Box<[Version]> = app
         .versions
         .iter()
@@ -88,9 +100,9 @@ fn build_app(
                         .unwrap_or_else(|| Arc::new(EndpointState::new(probe.is_some())));
                     state.set_ready(ready);
                     let client = prev_ep
-                        .filter(|e| e.client.timeouts == app.timeouts)
+                        .filter(|e| e.client.timeouts == app.timeouts && e.client.transport().config == app.upstream)
                         .map(|e| e.client.clone())
-                        .unwrap_or_else(|| HttpClient::new(addr, &app.timeouts));
+                        .unwrap_or_else(|| HttpClient::with_transport(addr, &app.timeouts, transport.clone()));
                     let healthy_gauge = metrics.endpoint_healthy(name, vname, &ep_name);
                     healthy_gauge.set(i64::from(state.is_healthy()));
                     Endpoint {
@@ -131,6 +143,7 @@ fn build_app(
             crate::data::split::Sticky::new(header, s.cookie.as_deref(), s.salt.as_deref().unwrap_or(name))
         }),
         force: force_rules(app),
+        plain_upstream: transport.is_plain_http1(),
         force_fallback: app.force_unavailable == crate::config::ForceUnavailable::Fallback,
     }
 }

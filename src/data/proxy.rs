@@ -164,7 +164,15 @@ impl Proxy {
             parts.headers.insert(header::HOST, auth);
         }
         let path = parts.uri.path_and_query().cloned().unwrap_or_else(|| PathAndQuery::from_static("/"));
+        // `TE: trailers` says the client takes trailers (gRPC requires it): passed on, as
+        // Weir passes trailers through. Any other TE coding is hop-by-hop and goes.
+        let te_trailers = parts.headers.get_all(header::TE).iter().any(|v| {
+            crate::data::http1::tokens(std::iter::once(v.as_bytes())).any(|t| t.eq_ignore_ascii_case(b"trailers"))
+        });
         strip_hop_by_hop(&mut parts.headers);
+        if te_trailers {
+            parts.headers.insert(header::TE, header::HeaderValue::from_static("trailers"));
+        }
         set_forwarded(&mut parts.headers, &client.ip, self.proto, parts.uri.authority().map(|a| a.as_str()));
         // An HTTP/1.0 request may come without `Host`; it goes upstream as HTTP/1.1, which
         // needs one: the endpoint's address, as nginx's `$proxy_host`.
@@ -288,10 +296,24 @@ impl Proxy {
         fields: Fields<'_>,
         client: &Peer,
     ) -> Result<(&'s App, &'s Version, &'s Endpoint), ProxyError> {
-        let Some(app) = snap.route(self.listener, host) else {
+        let app = self.route(snap, host)?;
+        Self::pick_in(app, fields, client)
+    }
+
+    /// The app for a request to `host`, or why there is none (counted).
+    fn route<'s>(&self, snap: &'s Snapshot, host: Option<&str>) -> Result<&'s App, ProxyError> {
+        snap.route(self.listener, host).ok_or_else(|| {
             self.unrouted.inc();
-            return Err(ProxyError::NoRoute(host.map(str::to_owned)));
-        };
+            ProxyError::NoRoute(host.map(str::to_owned))
+        })
+    }
+
+    /// The version and endpoint of `app` for a request, or why there is none (counted).
+    fn pick_in<'s>(
+        app: &'s App,
+        fields: Fields<'_>,
+        client: &Peer,
+    ) -> Result<(&'s App, &'s Version, &'s Endpoint), ProxyError> {
         app.upstream.budget.record_request();
         let (version, endpoint) = match forced(app, fields) {
             Ok(None) => unforced(app, fields, client, None),

@@ -71,6 +71,8 @@ pub struct App {
     pub force: Box<[ForceRule]>,
     /// Whether a forced request whose version is unknown or down is routed as unforced.
     pub force_fallback: bool,
+    /// Whether its endpoints speak clear-text HTTP/1.1 (Weir's codec forwards to those only).
+    pub plain_upstream: bool,
 }
 
 /// A forcing rule, ready for requests (see [`crate::config::ForceRule`]).

@@ -17,11 +17,12 @@ use hyper::client::conn::http1::{self, SendRequest};
 use hyper_util::rt::TokioIo;
 use tokio::net::TcpStream;
 
-use crate::config::TimeoutConfig;
+use crate::config::{TimeoutConfig, UpstreamConfig, UpstreamProtocol};
 use crate::data::clock::clock_ms;
 use crate::metrics::UpstreamErrorKind;
 pub use error::UpstreamError;
 use idle::IdleList;
+use rustls::pki_types::ServerName;
 
 /// Body of a request sent upstream: the client's streamed body, or nothing (for requests that
 /// are re-sent, which carry no body).
@@ -32,6 +33,79 @@ pub type RequestBody = Either<ClientBody, Empty<Bytes>>;
 pub struct Upstream {
     /// Limits retries to a share of requests.
     pub budget: Arc<RetryBudget>,
+}
+
+/// How Weir speaks to an app's endpoints: the protocol, and TLS with its verifier.
+#[derive(Clone)]
+pub struct Transport {
+    /// What the config asked for.
+    pub config: UpstreamConfig,
+    tls: Option<(tokio_rustls::TlsConnector, Option<ServerName<'static>>)>,
+}
+
+impl std::fmt::Debug for Transport {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Transport").field("config", &self.config).finish_non_exhaustive()
+    }
+}
+
+impl Transport {
+    /// Clear-text HTTP/1.1.
+    pub fn plain() -> Self {
+        Transport { config: UpstreamConfig::default(), tls: None }
+    }
+
+    /// The transport `config` asks for; its CA bundle is loaded now (an error names it).
+    pub fn of(config: &UpstreamConfig) -> Result<Self, String> {
+        let Some(tls) = &config.tls else { return Ok(Transport { config: config.clone(), tls: None }) };
+        use rustls::pki_types::pem::PemObject;
+        let pem = std::fs::read(&tls.ca).map_err(|e| format!("cannot read {}: {e}", tls.ca.display()))?;
+        let mut roots = rustls::RootCertStore::empty();
+        for cert in rustls::pki_types::CertificateDer::pem_slice_iter(&pem) {
+            let cert = cert.map_err(|e| format!("{}: not PEM certificates: {e}", tls.ca.display()))?;
+            roots.add(cert).map_err(|e| format!("{}: {e}", tls.ca.display()))?;
+        }
+        if roots.is_empty() {
+            return Err(format!("{}: no CA certificate in it", tls.ca.display()));
+        }
+        let server_name = match &tls.server_name {
+            None => None,
+            Some(n) => Some(ServerName::try_from(n.clone()).map_err(|e| format!("server_name {n:?}: {e}"))?),
+        };
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let mut client = rustls::ClientConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .map_err(|e| e.to_string())?
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+        client.alpn_protocols = match config.protocol {
+            UpstreamProtocol::Http1 => vec![b"http/1.1".to_vec()],
+            UpstreamProtocol::Http2 => vec![b"h2".to_vec()],
+        };
+        let connector = tokio_rustls::TlsConnector::from(Arc::new(client));
+        Ok(Transport { config: config.clone(), tls: Some((connector, server_name)) })
+    }
+
+    /// The transport `config` asks for, or, when its CA bundle cannot be used (a file gone
+    /// since validation), one that trusts nothing: every connection fails, loudly, and none
+    /// goes out in clear text by mistake.
+    pub fn of_or_refusing(config: &UpstreamConfig) -> Self {
+        Self::of(config).unwrap_or_else(|e| {
+            tracing::error!("upstream TLS unusable, every connection will fail: {e}");
+            let provider = Arc::new(rustls::crypto::ring::default_provider());
+            let client = rustls::ClientConfig::builder_with_provider(provider)
+                .with_safe_default_protocol_versions()
+                .expect("the default protocol versions are supported")
+                .with_root_certificates(rustls::RootCertStore::empty())
+                .with_no_client_auth();
+            Transport { config: config.clone(), tls: Some((tokio_rustls::TlsConnector::from(Arc::new(client)), None)) }
+        })
+    }
+
+    /// Whether it is clear-text HTTP/1.1, which Weir's own codec speaks (the fast path).
+    pub fn is_plain_http1(&self) -> bool {
+        self.tls.is_none() && self.config.protocol == UpstreamProtocol::Http1
+    }
 }
 
 /// The keep-alive HTTP/1.1 connections to one endpoint. Each endpoint has its own, so when an
@@ -56,6 +130,9 @@ pub struct HttpClient {
 struct Connections {
     addr: SocketAddr,
     timeouts: TimeoutConfig,
+    transport: Transport,
+    /// HTTP/2: the one multiplexed connection, opened on first use and again once closed.
+    h2: tokio::sync::Mutex<Option<hyper::client::conn::http2::SendRequest<RequestBody>>>,
     hyper: IdleList<SendRequest<RequestBody>>,
     raw: IdleList<TcpStream>,
     /// Whether the task closing expired idle connections runs.
@@ -156,14 +233,26 @@ impl RetryBudget {
 impl HttpClient {
     /// A client for the endpoint at `addr`, with no connection yet.
     pub fn new(addr: SocketAddr, timeouts: &TimeoutConfig) -> Self {
+        Self::with_transport(addr, timeouts, Transport::plain())
+    }
+
+    /// A client for the endpoint at `addr` speaking `transport`.
+    pub fn with_transport(addr: SocketAddr, timeouts: &TimeoutConfig, transport: Transport) -> Self {
         let conns = Connections {
             addr,
             timeouts: timeouts.clone(),
+            transport,
+            h2: tokio::sync::Mutex::new(None),
             hyper: IdleList::new(),
             raw: IdleList::new(),
             sweeping: AtomicBool::new(false),
         };
         HttpClient { conns: Arc::new(conns), timeouts: timeouts.clone() }
+    }
+
+    /// How it speaks to the endpoint.
+    pub fn transport(&self) -> &Transport {
+        &self.conns.transport
     }
 
     /// Whether two handles share one set of connections.
@@ -223,6 +312,10 @@ impl HttpClient {
         &self,
         mut req: http::Request<RequestBody>,
     ) -> Result<(http::Response<Incoming>, Lease), UpstreamError> {
+        if self.conns.transport.config.protocol == UpstreamProtocol::Http2 {
+            let resp = self.conns.exchange_h2(req).await?;
+            return Ok((resp, Lease { sender: None, conns: Arc::clone(&self.conns) }));
+        }
         loop {
             let (mut sender, reused) = match self.conns.hyper.check_out(self.conns.idle_ms()) {
                 Some(sender) => (sender, true),
@@ -291,46 +384,147 @@ impl Connections {
     /// Opens a hyper HTTP/1.1 connection, its task spawned.
     async fn handshake(self: &Arc<Self>) -> Result<SendRequest<RequestBody>, UpstreamError> {
         let addr = self.addr;
+        macro_rules! serve {
+            ($io:expr) => {{
+                let (sender, conn) = Self::handshake_h1($io).await?;
+                tokio::spawn(async move {
+                    if let Err(e) = conn.await {
+                        tracing::debug!(%addr, "upstream connection ended: {e}");
+                    }
+                });
+                sender
+            }};
+        }
+        Ok(match self.connect().await? {
+            Io::Plain(io) => serve!(io),
+            Io::Tls(io) => serve!(*io),
+        })
+    }
+
+    /// Opens a connection, with TLS when the transport says so (the handshake within the
+    /// connect timeout too).
+    async fn connect(self: &Arc<Self>) -> Result<Io, UpstreamError> {
         let stream = self.open().await?;
+        let Some((connector, name)) = &self.transport.tls else { return Ok(Io::Plain(TokioIo::new(stream))) };
+        let name = name.clone().unwrap_or_else(|| ServerName::IpAddress(self.addr.ip().into()));
+        match tokio::time::timeout(self.timeouts.connect, connector.connect(name, stream)).await {
+            Ok(Ok(tls)) => Ok(Io::Tls(Box::new(TokioIo::new(tls)))),
+            Ok(Err(e)) => Err(UpstreamError::connect(self.addr, e)),
+            Err(_) => Err(UpstreamError::connect(
+                self.addr,
+                std::io::Error::new(std::io::ErrorKind::TimedOut, "TLS handshake timed out"),
+            )),
+        }
+    }
+
+    async fn handshake_h1<I>(
+        io: I,
+    ) -> Result<(SendRequest<RequestBody>, http1::Connection<I, RequestBody>), UpstreamError>
+    where
+        I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
+    {
         // Response heads over 64 KiB are refused, as Weir's own codec does.
-        let (sender, conn) = http1::Builder::new()
-            .max_buf_size(64 * 1024)
-            .handshake(TokioIo::new(stream))
-            .await
-            .map_err(UpstreamError::from_hyper)?;
-        tokio::spawn(async move {
-            if let Err(e) = conn.await {
-                tracing::debug!(%addr, "upstream connection ended: {e}");
+        http1::Builder::new().max_buf_size(64 * 1024).handshake(io).await.map_err(UpstreamError::from_hyper)
+    }
+
+    /// HTTP/2: the shared connection (opened if there is none or it closed), then the request
+    /// as one more stream on it.
+    async fn exchange_h2(
+        self: &Arc<Self>,
+        mut req: http::Request<RequestBody>,
+    ) -> Result<http::Response<Incoming>, UpstreamError> {
+        // HTTP/2 names the host in `:authority` and the scheme in `:scheme`: the request's
+        // `Host` (which Weir always sets) becomes the authority.
+        let scheme = if self.transport.tls.is_some() { "https" } else { "http" };
+        let host = req.headers_mut().remove(http::header::HOST);
+        let authority =
+            host.as_ref().and_then(|h| h.to_str().ok()).map_or_else(|| self.addr.to_string(), str::to_owned);
+        let path = req.uri().path_and_query().map_or("/", |p| p.as_str());
+        *req.uri_mut() = http::Uri::builder()
+            .scheme(scheme)
+            .authority(authority)
+            .path_and_query(path)
+            .build()
+            .map_err(|e| UpstreamError::protocol(format!("cannot name the request for HTTP/2: {e}")))?;
+        *req.version_mut() = http::Version::HTTP_2;
+        let mut sender = {
+            let mut shared = self.h2.lock().await;
+            match shared.as_ref().filter(|s| !s.is_closed()) {
+                Some(s) => s.clone(),
+                None => {
+                    let s = Box::pin(self.handshake_h2()).await?;
+                    *shared = Some(s.clone());
+                    s
+                }
             }
-        });
-        Ok(sender)
+        };
+        sender.ready().await.map_err(UpstreamError::from_hyper)?;
+        sender.send_request(req).await.map_err(UpstreamError::from_hyper)
+    }
+
+    async fn handshake_h2(
+        self: &Arc<Self>,
+    ) -> Result<hyper::client::conn::http2::SendRequest<RequestBody>, UpstreamError> {
+        let addr = self.addr;
+        let mut builder = hyper::client::conn::http2::Builder::new(hyper_util::rt::TokioExecutor::new());
+        builder
+            .timer(hyper_util::rt::TokioTimer::new())
+            // A dead connection is noticed within seconds, not at the next request's timeout.
+            .keep_alive_interval(Duration::from_secs(10))
+            .keep_alive_timeout(Duration::from_secs(5))
+            .max_header_list_size(64 * 1024);
+        macro_rules! serve {
+            ($io:expr) => {{
+                let (sender, conn) = builder.handshake($io).await.map_err(UpstreamError::from_hyper)?;
+                tokio::spawn(async move {
+                    if let Err(e) = conn.await {
+                        tracing::debug!(%addr, "upstream HTTP/2 connection ended: {e}");
+                    }
+                });
+                sender
+            }};
+        }
+        Ok(match self.connect().await? {
+            Io::Plain(io) => serve!(io),
+            Io::Tls(io) => serve!(*io),
+        })
     }
 
     /// Sends an `Upgrade` request on a connection of its own (never pooled: if the upstream
-    /// switches protocols, the connection becomes the tunnel), with upgrades enabled.
+    /// switches protocols, the connection becomes the tunnel), with upgrades enabled, always
+    /// HTTP/1.1.
     async fn upgrade(
         self: &Arc<Self>,
         req: http::Request<RequestBody>,
     ) -> Result<http::Response<Incoming>, UpstreamError> {
         let addr = self.addr;
-        let stream = self.open().await?;
-        let (mut sender, conn) = http1::Builder::new()
-            .max_buf_size(64 * 1024)
-            .handshake(TokioIo::new(stream))
-            .await
-            .map_err(UpstreamError::from_hyper)?;
-        tokio::spawn(async move {
-            if let Err(e) = conn.with_upgrades().await {
-                tracing::debug!(%addr, "upstream upgrade connection ended: {e}");
-            }
-        });
-        sender.send_request(req).await.map_err(UpstreamError::from_hyper)
+        macro_rules! send {
+            ($io:expr) => {{
+                let (mut sender, conn) = Self::handshake_h1($io).await?;
+                tokio::spawn(async move {
+                    if let Err(e) = conn.with_upgrades().await {
+                        tracing::debug!(%addr, "upstream upgrade connection ended: {e}");
+                    }
+                });
+                sender.send_request(req).await.map_err(UpstreamError::from_hyper)
+            }};
+        }
+        match self.connect().await? {
+            Io::Plain(io) => send!(io),
+            Io::Tls(io) => send!(*io),
+        }
     }
 
     fn close_expired(&self) {
         self.hyper.close_expired(self.idle_ms());
         self.raw.close_expired(self.idle_ms());
     }
+}
+
+/// An upstream connection's byte stream, as hyper reads it.
+enum Io {
+    Plain(TokioIo<TcpStream>),
+    Tls(Box<TokioIo<tokio_rustls::client::TlsStream<TcpStream>>>),
 }
 
 /// Closes a client's expired idle connections every half idle timeout (at least every 100 ms,

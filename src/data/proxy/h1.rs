@@ -227,9 +227,16 @@ impl Proxy {
         };
         let Some(body) = buf.get(len..len + body) else { return Step::Incomplete(len + body) };
         let len = len + body.len();
-        match self.pick(snap, host, super::Fields::Raw(req.headers), peer) {
+        let picked = self.route(snap, host).and_then(|app| {
+            if !app.plain_upstream {
+                return Ok(None);
+            }
+            Self::pick_in(app, super::Fields::Raw(req.headers), peer).map(Some)
+        });
+        match picked {
+            Ok(None) => Step::Fallback("the app's endpoints speak HTTP/2 or TLS"),
             Err(e) => Step::Answer { len, close, head, resp: super::error_response(&e) },
-            Ok((app, version, endpoint)) => {
+            Ok(Some((app, version, endpoint))) => {
                 request::encode(&req, host, peer.ip.as_bytes(), self.proto, body, out);
                 Step::Forward { len, route: Route { app, version, endpoint, close, idempotent, head } }
             }
