@@ -401,11 +401,40 @@ pub struct AppConfig {
     /// then the weights.
     #[serde(default)]
     pub force: Vec<ForceRule>,
+    /// Mirroring (shadow traffic) of a share of the app's requests to a version.
+    #[serde(default)]
+    pub mirror: Option<MirrorConfig>,
     /// What a forced request gets when the version it names does not exist or has no healthy
     /// endpoint: `refuse` (the default: 400 for an unknown version, 503 for one that is down,
     /// never a silent fallback) or `fallback` (routed as if it were not forced).
     #[serde(default)]
     pub force_unavailable: ForceUnavailable,
+}
+
+/// `[apps.NAME.mirror]`: copies of a share of the app's requests, sent to a version on the
+/// side; their answers are read and discarded, and the client never waits for them.
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct MirrorConfig {
+    /// The version that gets the copies (often a 0-weight one).
+    pub version: String,
+    /// Share of requests copied, in percent (0–100, fractions allowed). Exact over any window,
+    /// as the split is.
+    pub percent: f64,
+    /// Largest request body copied, in bytes. Default 65536 (Weir holds bodies up to 64 KiB
+    /// whole on its HTTP/1.1 fast path; streamed bodies are never copied).
+    #[serde(default = "default_mirror_max_body")]
+    pub max_body: usize,
+    /// Copies in flight at most; beyond, copies are dropped and counted. Default 256.
+    #[serde(default = "default_mirror_queue")]
+    pub queue: usize,
+}
+
+fn default_mirror_max_body() -> usize {
+    64 * 1024
+}
+fn default_mirror_queue() -> usize {
+    256
 }
 
 /// `[[apps.NAME.force]]`: one rule forcing requests into (or out of) a version. Exactly one of

@@ -11,6 +11,7 @@ pub mod clock;
 pub mod health;
 pub mod http1;
 pub mod listener;
+pub mod mirror;
 pub mod outlier;
 pub mod pool;
 pub mod proxy;

@@ -58,6 +58,7 @@ pub struct Metrics {
     trials: IntCounterVec,
     spills: IntCounterVec,
     tunnels: IntGaugeVec,
+    mirrored: IntCounterVec,
     probes: IntCounterVec,
     endpoint_healthy: IntGaugeVec,
     discovery: [IntCounterVec; 3],
@@ -188,6 +189,13 @@ impl Metrics {
             &["app", "version"],
         )
         .expect("valid metric");
+        let mirrored = counter(
+            "weir_mirror_requests_total",
+            "Mirrored copies of requests, per app and mirror version, by result: answered (the \
+             answer is discarded), failed, dropped (queue full or no healthy endpoint), skipped \
+             (streamed or too large a body).",
+            &["app", "version", "result"],
+        );
         let probes = counter("weir_probes_total", "Active health probes, by result.", &["app", "version", "result"]);
         let endpoint_healthy = IntGaugeVec::new(
             Opts::new("weir_endpoint_healthy", "1 when the endpoint takes new requests, else 0."),
@@ -255,6 +263,7 @@ impl Metrics {
             Box::new(trials.clone()),
             Box::new(spills.clone()),
             Box::new(tunnels.clone()),
+            Box::new(mirrored.clone()),
             Box::new(probes.clone()),
             Box::new(endpoint_healthy.clone()),
             Box::new(discovery[0].clone()),
@@ -278,6 +287,7 @@ impl Metrics {
             trials,
             spills,
             tunnels,
+            mirrored,
             probes,
             endpoint_healthy,
             discovery,
@@ -325,6 +335,17 @@ impl Metrics {
             spilled: self.spills.with_label_values(&[app, version]),
             tunnels: self.tunnels.with_label_values(&[app, version]),
             probes: ["pass", "fail"].map(|r| self.probes.with_label_values(&[app, version, r])),
+        }
+    }
+
+    /// The mirroring counters of `app`'s copies to `version`.
+    pub fn mirror(&self, app: &str, version: &str) -> crate::data::mirror::MirrorCounters {
+        let c = |r: &str| self.mirrored.with_label_values(&[app, version, r]);
+        crate::data::mirror::MirrorCounters {
+            answered: c("answered"),
+            failed: c("failed"),
+            dropped: c("dropped"),
+            skipped: c("skipped"),
         }
     }
 

@@ -272,6 +272,21 @@ fn validate_versions(app_name: &str, app: &super::AppConfig, out: &mut Vec<Probl
             out.push(problem(format!("apps.{app_name}.sticky.cookie"), format!("{c:?} is not a cookie name")));
         }
     }
+    if let Some(m) = &app.mirror {
+        let field = format!("apps.{app_name}.mirror");
+        if !app.versions.contains_key(&m.version) {
+            out.push(problem(format!("{field}.version"), format!("{:?} is not a version of this app", m.version)));
+        }
+        if !(0.0..=100.0).contains(&m.percent) {
+            out.push(problem(format!("{field}.percent"), "must be 0 to 100"));
+        }
+        if m.queue == 0 {
+            out.push(problem(format!("{field}.queue"), "must be at least 1"));
+        }
+        if m.max_body > 1 << 20 {
+            out.push(problem(format!("{field}.max_body"), "at most 1 MiB"));
+        }
+    }
     if let Err(e) = crate::data::upstream::Transport::of(&app.upstream) {
         out.push(problem(format!("apps.{app_name}.upstream.tls"), e));
     }

@@ -144,6 +144,17 @@ fn build_app(
         }),
         force: force_rules(app),
         plain_upstream: transport.is_plain_http1(),
+        mirror: app.mirror.as_ref().and_then(|m| {
+            use crate::data::mirror::{Mirror, MirrorShared};
+            let index = app.versions.keys().position(|v| *v == m.version)?;
+            // The queue and counters outlive snapshots (copies in flight keep their slots).
+            let shared = prev
+                .and_then(|p| p.mirror.as_ref())
+                .filter(|pm| pm.version == index && pm.shared().queue() == m.queue)
+                .map(|pm| Arc::clone(pm.shared()))
+                .unwrap_or_else(|| MirrorShared::new(m.queue, metrics.mirror(name, &m.version)));
+            Some(Mirror::new(index, m.percent, m.max_body, shared))
+        }),
         force_fallback: app.force_unavailable == crate::config::ForceUnavailable::Fallback,
     }
 }

@@ -8,7 +8,7 @@ use std::sync::{Arc, Weak};
 use std::time::Duration;
 
 use http::{Request, header};
-use http_body_util::{Either, Empty};
+use http_body_util::{Either, Full};
 
 use crate::config::{HedgeAfter, OutlierConfig};
 use crate::data::clock::clock_ms;
@@ -165,7 +165,7 @@ impl Trial {
     async fn try_once(&self, deadline: Duration) -> Result<http::StatusCode, TrialFailure> {
         let failed = |detail: String| TrialFailure { detail, timed_out: false };
         let (path, host) = &self.request;
-        let mut req = Request::new(Either::Right(Empty::new()));
+        let mut req = Request::new(Either::Right(Full::default()));
         *req.uri_mut() = path.parse().map_err(|e| failed(format!("trial path {path:?}: {e}")))?;
         req.headers_mut().insert(header::HOST, host.clone());
         req.headers_mut().insert(header::USER_AGENT, header::HeaderValue::from_static("weir-trial"));

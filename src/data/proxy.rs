@@ -12,7 +12,7 @@ use std::time::Instant;
 use http::uri::PathAndQuery;
 use http::{Request, Response, StatusCode, Uri, header};
 use http_body::Body as _;
-use http_body_util::{Either, Empty};
+use http_body_util::{Either, Full};
 use prometheus::IntCounter;
 
 pub use body::ResponseBody;
@@ -184,6 +184,21 @@ impl Proxy {
         if let (Some(protocol), Some(on_client)) = (upgrade, on_client) {
             return self.tunnel(app, version, endpoint, parts, path, protocol, on_client, start).await;
         }
+        if let Some(mirror) = &app.mirror
+            && mirror.wants_for(app, version)
+        {
+            // Copied only when it has no body: a streamed one cannot be copied without making
+            // the client's upload wait for the mirror.
+            if body.is_end_stream() {
+                let mut copy = Request::new(bytes::Bytes::new());
+                *copy.method_mut() = parts.method.clone();
+                *copy.uri_mut() = Uri::from(path.clone());
+                *copy.headers_mut() = parts.headers.clone();
+                mirror.send(app, copy);
+            } else {
+                mirror.skip();
+            }
+        }
         // Only a request without a body can be sent again here (a streamed body is gone once
         // sent); it keeps its head for that.
         let replayable = body.is_end_stream();
@@ -236,7 +251,7 @@ impl Proxy {
         parts.version = http::Version::HTTP_11;
         parts.headers.insert(header::UPGRADE, protocol);
         parts.headers.insert(header::CONNECTION, header::HeaderValue::from_static("upgrade"));
-        let req = Request::from_parts(parts, Either::Right(Empty::new()));
+        let req = Request::from_parts(parts, Either::Right(Full::default()));
         let in_flight = crate::data::pool::InFlight::start(&endpoint.state);
         let tried = Instant::now();
         let (mut resp, lease) = match endpoint.client.send_upgrade(req).await {
@@ -362,7 +377,7 @@ impl Exchange for HyperExchange {
         let uri = Uri::from(self.path.clone());
         let req = if !last {
             let h = self.head.as_ref().expect("the head is kept while attempts are left");
-            let mut req = Request::new(Either::Right(Empty::new()));
+            let mut req = Request::new(Either::Right(Full::default()));
             *req.method_mut() = h.method.clone();
             *req.uri_mut() = uri;
             *req.headers_mut() = h.headers.clone();
@@ -373,7 +388,7 @@ impl Exchange for HyperExchange {
             h.version = http::Version::HTTP_11;
             let body = match self.body.take() {
                 Some(b) if !self.replayable => Either::Left(b),
-                _ => Either::Right(Empty::new()),
+                _ => Either::Right(Full::default()),
             };
             Request::from_parts(h, body)
         };

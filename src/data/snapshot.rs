@@ -73,6 +73,8 @@ pub struct App {
     pub force_fallback: bool,
     /// Whether its endpoints speak clear-text HTTP/1.1 (Weir's codec forwards to those only).
     pub plain_upstream: bool,
+    /// Mirroring, if the app has it.
+    pub mirror: Option<crate::data::mirror::Mirror>,
 }
 
 /// A forcing rule, ready for requests (see [`crate::config::ForceRule`]).

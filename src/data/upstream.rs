@@ -9,7 +9,7 @@ use std::sync::{Arc, Weak};
 use std::time::Duration;
 
 use bytes::Bytes;
-use http_body_util::{Either, Empty};
+use http_body_util::{Either, Full};
 use hyper::body::Incoming;
 
 use crate::data::listener::ClientBody;
@@ -24,9 +24,9 @@ pub use error::UpstreamError;
 use idle::IdleList;
 use rustls::pki_types::ServerName;
 
-/// Body of a request sent upstream: the client's streamed body, or nothing (for requests that
-/// are re-sent, which carry no body).
-pub type RequestBody = Either<ClientBody, Empty<Bytes>>;
+/// Body of a request sent upstream: the client's streamed body, or one held whole (nothing, for
+/// requests that are re-sent; a mirrored copy's body).
+pub type RequestBody = Either<ClientBody, Full<Bytes>>;
 
 /// What one app shares across its endpoints: the retry budget. Cloning shares it.
 #[derive(Debug, Clone, Default)]

@@ -238,6 +238,14 @@ impl Proxy {
             Err(e) => Step::Answer { len, close, head, resp: super::error_response(&e) },
             Ok(Some((app, version, endpoint))) => {
                 request::encode(&req, host, peer.ip.as_bytes(), self.proto, body, out);
+                if let Some(mirror) = &app.mirror
+                    && mirror.wants_for(app, version)
+                {
+                    match crate::data::mirror::from_wire(out).filter(|r| r.body().len() <= mirror.max_body) {
+                        Some(copy) => mirror.send(app, copy),
+                        None => mirror.skip(),
+                    }
+                }
                 Step::Forward { len, route: Route { app, version, endpoint, close, idempotent, head } }
             }
         }
