@@ -11,7 +11,11 @@
 # proxies and backends on CPU 1), HOLD (1: RSS at 1,000 and 10,000 open connections, and
 # after they close), EXTRA (1: Weir under split changes and with 100 probed endpoints),
 # BASELINE (path to another weir binary, e.g. an older build: measured in the same rounds
-# as "weir-base", for before/after comparisons on a noisy machine).
+# as "weir-base", for before/after comparisons on a noisy machine), PLAIN (1: the HTTP
+# rounds above), TLS (1: the same certificate (ECDSA P-256) on all three, measured in
+# interleaved rounds: HTTPS keep-alive req/s (wrk), new TLS handshakes per second (wrk with
+# `Connection: close`: one full handshake per request), and h2 req/s (h2load, ALPN h2,
+# -m 10 streams per connection)), TLS_ROUNDS (3).
 set -euo pipefail
 
 ROUNDS=${ROUNDS:-5}
@@ -20,6 +24,9 @@ CONNS=${CONNS:-64}
 PIN=${PIN:-1}
 HOLD=${HOLD:-1}
 EXTRA=${EXTRA:-1}
+PLAIN=${PLAIN:-1}
+TLS=${TLS:-1}
+TLS_ROUNDS=${TLS_ROUNDS:-3}
 cd "$(dirname "$0")/.."
 ROOT=$(pwd)
 WORK=$(mktemp -d /tmp/weir-compare.XXXXXX)
@@ -39,6 +46,10 @@ command -v haproxy >/dev/null || [ -x /usr/sbin/haproxy ] || need+=(haproxy)
 command -v wrk >/dev/null || need+=(wrk)
 command -v python3 >/dev/null || need+=(python3)
 command -v taskset >/dev/null || need+=(util-linux)
+if [ "$TLS" = 1 ]; then
+  command -v h2load >/dev/null || need+=(nghttp2-client)
+  command -v openssl >/dev/null || need+=(openssl)
+fi
 if [ ${#need[@]} -gt 0 ]; then
   echo "installing: ${need[*]}"
   # Keep the packages' own services from starting (and taking port 80).
@@ -61,6 +72,12 @@ if [ "$PIN" = 1 ] && [ "$(nproc)" -ge 2 ]; then PROXY_CPU="taskset -c 1"; WRK_CP
 
 B=(18181 18182 18183 18184)   # v1, v1, v2, v2
 NGINX=18190 HAPROXY=18191 WEIRP=18192 WADMIN=18199 WEIRB=18193 WBADMIN=18198
+NGINXS=18194 HAPROXYS=18195 WEIRS=18196
+# One certificate for all three proxies.
+openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -days 2 \
+  -keyout "$WORK/tls.key" -out "$WORK/tls.crt" -subj /CN=bench.test \
+  -addext "subjectAltName=DNS:bench.test" 2>/dev/null
+cat "$WORK/tls.crt" "$WORK/tls.key" >"$WORK/tls.pem"
 BASELINE=${BASELINE:-}
 
 start() { # name, command...
@@ -111,6 +128,24 @@ http {
       proxy_set_header X-Forwarded-Host \$host;
     }
   }
+  server {
+    listen 127.0.0.1:$NGINXS ssl http2 backlog=4096;
+    ssl_certificate $WORK/tls.crt;
+    ssl_certificate_key $WORK/tls.key;
+    ssl_protocols TLSv1.2 TLSv1.3;
+    # nginx closes a connection after 1,000 requests by default (h2 streams included), which
+    # h2load counts as failures: the others have no such limit.
+    keepalive_requests 10000000;
+    location / {
+      proxy_pass http://split;
+      proxy_http_version 1.1;
+      proxy_set_header Connection "";
+      proxy_set_header Host \$host;
+      proxy_set_header X-Forwarded-For \$proxy_add_x_forwarded_for;
+      proxy_set_header X-Forwarded-Proto \$scheme;
+      proxy_set_header X-Forwarded-Host \$host;
+    }
+  }
 }
 CONF
 cat >"$WORK/haproxy.cfg" <<CONF
@@ -129,6 +164,11 @@ defaults
 frontend in
   bind 127.0.0.1:$HAPROXY
   http-request set-header X-Forwarded-Proto http
+  http-request set-header X-Forwarded-Host %[req.hdr(host)]
+  default_backend split
+frontend tls
+  bind 127.0.0.1:$HAPROXYS ssl crt $WORK/tls.pem alpn h2,http/1.1
+  http-request set-header X-Forwarded-Proto https
   http-request set-header X-Forwarded-Host %[req.hdr(host)]
   default_backend split
 backend split
@@ -161,11 +201,23 @@ $2
 CONF
 }
 weir_config "" "" >"$WORK/weir.toml"
+# The same app on a TLS listener, for the TLS rounds.
+cat >>"$WORK/weir.toml" <<CONF
+[listeners.tls]
+addr = "127.0.0.1:$WEIRS"
+[listeners.tls.tls]
+certificates = [{ cert = "$WORK/tls.crt", key = "$WORK/tls.key" }]
+[apps.bench_tls]
+listener = "tls"
+split = { v1 = 90, v2 = 10 }
+versions.v1.endpoints = [{ name = "bench-v1-0", addr = "127.0.0.1:${B[0]}" }, { name = "bench-v1-1", addr = "127.0.0.1:${B[1]}" }]
+versions.v2.endpoints = [{ name = "bench-v2-0", addr = "127.0.0.1:${B[2]}" }, { name = "bench-v2-1", addr = "127.0.0.1:${B[3]}" }]
+CONF
 
 start nginx nginx -c "$WORK/nginx.conf" -g 'daemon off;'
 start haproxy haproxy -f "$WORK/haproxy.cfg" -db
 start weir "$WEIR" serve --config "$WORK/weir.toml"
-for p in $NGINX $HAPROXY $WEIRP; do wait_port "$p"; done
+for p in $NGINX $HAPROXY $WEIRP $NGINXS $HAPROXYS $WEIRS; do wait_port "$p"; done
 if [ -n "$BASELINE" ]; then
   sed -e "s/:$WEIRP\"/:$WEIRB\"/" -e "s/:$WADMIN\"/:$WBADMIN\"/" "$WORK/weir.toml" >"$WORK/weir-base.toml"
   start weir-base "$BASELINE" serve --config "$WORK/weir-base.toml"
@@ -209,10 +261,65 @@ print(f"{peer}\t{rnd}\t{rps:.0f}\t{p50:.3f}\t{p99:.3f}\t{errors}\t{share:.2f}")
 PY
 }
 
+TLSRES="$WORK/tls.tsv"
+: >"$TLSRES"
+run_tls() { # mode (https | handshake | h2), peer, port, round -> appends a result line
+  local mode=$1 peer=$2 port=$3 round=$4
+  case $mode in
+    https) $WRK_CPU wrk -t1 -c"$CONNS" -d"${DURATION}s" --latency "https://127.0.0.1:$port/" >"$WORK/tls.out" 2>&1 || true ;;
+    handshake) $WRK_CPU wrk -t1 -c"$CONNS" -d"${DURATION}s" --latency -H "Connection: close" "https://127.0.0.1:$port/" >"$WORK/tls.out" 2>&1 || true ;;
+    h2) $WRK_CPU h2load -c"$CONNS" -m10 -D"$DURATION" "https://127.0.0.1:$port/" >"$WORK/tls.out" 2>&1 || true ;;
+  esac
+  python3 - "$mode" "$peer" "$round" "$WORK/tls.out" >>"$TLSRES" <<'PY'
+import re, sys
+mode, peer, rnd, path = sys.argv[1:5]
+text = open(path).read()
+def ms(v):
+    m = re.match(r"([\d.]+)(us|ms|s)", v)
+    n, u = float(m.group(1)), m.group(2)
+    return n / 1000 if u == "us" else n * 1000 if u == "s" else n
+if mode == "h2":
+    m = re.search(r"finished in [\d.]+s, ([\d.]+) req/s", text)
+    rps = float(m.group(1)) if m else 0.0
+    f = re.search(r"requests: \d+ total, \d+ started, \d+ done, \d+ succeeded, (\d+) failed, (\d+) errored, (\d+) timeout", text)
+    errors = sum(map(int, f.groups())) if f else -1
+    s = re.search(r"status codes: (\d+) 2xx, (\d+) 3xx, (\d+) 4xx, (\d+) 5xx", text)
+    errors += (int(s.group(3)) + int(s.group(4))) if s else 0
+    mean = re.search(r"time for request:\s+\S+\s+\S+\s+(\S+)", text)
+    p50 = ms(mean.group(1)) if mean else 0.0
+    p99 = 0.0
+else:
+    m = re.search(r"Requests/sec:\s+([\d.]+)", text)
+    rps = float(m.group(1)) if m else 0.0
+    p50 = ms(re.search(r"\s50%\s+(\S+)", text).group(1)) if m else 0.0
+    p99 = ms(re.search(r"\s99%\s+(\S+)", text).group(1)) if m else 0.0
+    errors = sum(int(x) for x in re.findall(r"(?:connect|read|write|timeout) (\d+)", text))
+    non2xx = re.search(r"Non-2xx or 3xx responses: (\d+)", text)
+    errors += int(non2xx.group(1)) if non2xx else 0
+print(f"{mode}\t{peer}\t{rnd}\t{rps:.0f}\t{p50:.3f}\t{p99:.3f}\t{errors}")
+PY
+}
+
+if [ "$TLS" = 1 ]; then
+  echo "warming up (TLS)..."
+  tls_peers=("weir:$WEIRS" "nginx:$NGINXS" "haproxy:$HAPROXYS")
+  for entry in "${tls_peers[@]}"; do $WRK_CPU wrk -t1 -c"$CONNS" -d2s "https://127.0.0.1:${entry##*:}/" >/dev/null 2>&1 || true; done
+  for round in $(seq 1 "$TLS_ROUNDS"); do
+    for mode in https handshake h2; do
+      for i in $(seq 0 $((${#tls_peers[@]} - 1))); do
+        entry=${tls_peers[$(( (i + round) % ${#tls_peers[@]} ))]}
+        echo "TLS round $round/$TLS_ROUNDS: $mode ${entry%%:*}"
+        run_tls "$mode" "${entry%%:*}" "${entry##*:}" "$round"
+      done
+    done
+  done
+fi
+
 echo "warming up..."
 peers=("weir:$WEIRP" "nginx:$NGINX" "haproxy:$HAPROXY" "direct:${B[0]}")
 [ -n "$BASELINE" ] && peers+=("weir-base:$WEIRB")
-for entry in "${peers[@]}"; do $WRK_CPU wrk -t1 -c"$CONNS" -d2s "http://127.0.0.1:${entry##*:}/" >/dev/null 2>&1 || true; done
+[ "$PLAIN" = 1 ] || ROUNDS=0
+[ "$PLAIN" = 1 ] && for entry in "${peers[@]}"; do $WRK_CPU wrk -t1 -c"$CONNS" -d2s "http://127.0.0.1:${entry##*:}/" >/dev/null 2>&1 || true; done
 
 for round in $(seq 1 "$ROUNDS"); do
   # Rotate the order each round so drift hits every peer alike.
@@ -283,7 +390,7 @@ echo
 echo "machine: $(nproc) cores, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs)"
 echo "versions: $("$WEIR" --version), $(nginx -v 2>&1 | cut -d/ -f2), haproxy $(haproxy -v | head -1 | awk '{print $3}'), $(wrk -v 2>&1 | head -1 | awk '{print $1" "$2}')"
 echo "setup: wrk -t1 -c$CONNS -d${DURATION}s, $ROUNDS interleaved rounds, one worker per proxy, split 90/10 over 4 backends$([ -n "$PROXY_CPU" ] && echo ", wrk on CPU 0, proxies+backends on CPU 1"), open-files limit $(ulimit -n)"
-python3 - "$RESULTS" "$MEM" <<'PY'
+python3 - "$RESULTS" "$MEM" "$TLSRES" <<'PY'
 import statistics, sys
 from collections import defaultdict
 rows = [l.split("\t") for l in open(sys.argv[1]).read().splitlines() if l]
@@ -294,8 +401,9 @@ rps_in = {p: {r[0]: r[1] for r in v} for p, v in by.items()}
 def ratio(peer, base):
     rs = [rps_in[peer][k] / rps_in[base][k] for k in rps_in.get(peer, {}) if k in rps_in.get(base, {})]
     return f"{statistics.median(rs):.2f}x" if rs and peer in ("weir", "weir-base", "nginx", "haproxy", "direct") else "-"
-print()
-print(f"{'peer':<14}{'req/s':>9}{'p50 ms':>9}{'p99 ms':>9}{'errors':>8}{'v2 %':>7}{'vs nginx':>10}{'vs direct':>11}")
+if by:
+    print()
+    print(f"{'peer':<14}{'req/s':>9}{'p50 ms':>9}{'p99 ms':>9}{'errors':>8}{'v2 %':>7}{'vs nginx':>10}{'vs direct':>11}")
 for peer in ["weir", "weir-base", "nginx", "haproxy", "direct", "weir+changes", "weir+probes"]:
     if peer not in by:
         continue
@@ -303,6 +411,27 @@ for peer in ["weir", "weir-base", "nginx", "haproxy", "direct", "weir+changes", 
     med = lambda i: statistics.median(x[i] for x in v)
     share = f"{med(5):.1f}" if peer != "direct" else "-"
     print(f"{peer:<14}{med(1):>9.0f}{med(2):>9.2f}{med(3):>9.2f}{sum(x[4] for x in v):>8}{share:>7}{ratio(peer, 'nginx'):>10}{ratio(peer, 'direct'):>11}")
+tls = [l.split("\t") for l in open(sys.argv[3]).read().splitlines() if l]
+if tls:
+    t = defaultdict(lambda: defaultdict(list))
+    for mode, peer, rnd, rps, p50, p99, err in tls:
+        t[mode][peer].append((int(rnd), float(rps), float(p50), float(p99), int(err)))
+    titles = {"https": "HTTPS keep-alive (wrk)", "handshake": "new TLS handshakes (wrk, Connection: close)", "h2": "h2 over TLS (h2load -m10; p50 column: mean)"}
+    for mode in ["https", "handshake", "h2"]:
+        if mode not in t:
+            continue
+        print()
+        print(f"{titles[mode]:<44}")
+        print(f"{'peer':<14}{'req/s':>9}{'p50 ms':>9}{'p99 ms':>9}{'errors':>8}{'vs nginx':>10}")
+        by_round = {p: {r[0]: r[1] for r in v} for p, v in t[mode].items()}
+        for peer in ["weir", "nginx", "haproxy"]:
+            v = t[mode].get(peer)
+            if not v:
+                continue
+            med = lambda i: statistics.median(x[i] for x in v)
+            rs = [by_round[peer][k] / by_round["nginx"][k] for k in by_round[peer] if by_round.get("nginx", {}).get(k)]
+            vs = f"{statistics.median(rs):.2f}x" if rs else "-"
+            print(f"{peer:<14}{med(1):>9.0f}{med(2):>9.2f}{med(3):>9.2f}{sum(x[4] for x in v):>8}{vs:>10}")
 mem = [l.split("\t") for l in open(sys.argv[2]).read().splitlines() if l]
 if mem:
     print()

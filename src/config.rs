@@ -404,11 +404,54 @@ pub struct AppConfig {
     /// Mirroring (shadow traffic) of a share of the app's requests to a version.
     #[serde(default)]
     pub mirror: Option<MirrorConfig>,
+    /// Rollouts run by Weir: the plans, the canary analysis's criteria and limits.
+    #[serde(default)]
+    pub rollout: RolloutConfig,
     /// What a forced request gets when the version it names does not exist or has no healthy
     /// endpoint: `refuse` (the default: 400 for an unknown version, 503 for one that is down,
     /// never a silent fallback) or `fallback` (routed as if it were not forced).
     #[serde(default)]
     pub force_unavailable: ForceUnavailable,
+}
+
+/// `[apps.NAME.rollout]`: how Weir rolls a canary out (`POST /apps/NAME/rollouts`).
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct RolloutConfig {
+    /// The plan used when a start call names none: one of `plans`, or a preset (`canary`:
+    /// 5 → 25 → 50 → 100 with 2 min analyses between; `ramped`: 20 % steps with 1 min
+    /// analyses; `blue_green`: a 5 min analysis of the idle colour on forced requests, then
+    /// the flip). Default `canary`.
+    #[serde(default = "default_plan")]
+    pub default_plan: String,
+    /// Named plans: lists of steps `{ set_weight = N }`, `{ pause = "30s" }` (or `"manual"`,
+    /// until resumed), `{ analyze = "1m" }`.
+    #[serde(default)]
+    pub plans: BTreeMap<String, Vec<crate::control::rollout::Step>>,
+    /// Failed analyses that roll the canary back. Default 2.
+    #[serde(default = "default_failure_limit")]
+    pub failure_limit: u32,
+    /// What the canary is held to.
+    #[serde(default)]
+    pub criteria: crate::control::rollout::analysis::Criteria,
+}
+
+impl Default for RolloutConfig {
+    fn default() -> Self {
+        RolloutConfig {
+            default_plan: default_plan(),
+            plans: BTreeMap::new(),
+            failure_limit: default_failure_limit(),
+            criteria: Default::default(),
+        }
+    }
+}
+
+fn default_plan() -> String {
+    "canary".into()
+}
+fn default_failure_limit() -> u32 {
+    2
 }
 
 /// `[apps.NAME.mirror]`: copies of a share of the app's requests, sent to a version on the

@@ -21,6 +21,7 @@ use tokio_util::sync::CancellationToken;
 use crate::config::{self, Config, Problem, validate_weights};
 use crate::control::discovery::{Discovered, PoolKey};
 use crate::control::revision::{Cause, History, Revision};
+use crate::control::rollout::{Phase, Rollout};
 use crate::control::state::{AppState, Document, FORMAT, Store, StoreError, Version};
 use crate::data::health::Health;
 use crate::data::snapshot::{Routes, Snapshot, SplitState, Writer};
@@ -82,6 +83,9 @@ type Planned = (BTreeMap<String, u32>, Cause);
 /// this many times before the change is refused.
 const MAX_CONFLICTS: usize = 8;
 
+/// How often rollouts are advanced.
+const ROLLOUT_TICK: std::time::Duration = std::time::Duration::from_millis(100);
+
 /// Why a change was refused. Nothing was changed.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum ControlError {
@@ -129,6 +133,22 @@ pub enum ControlError {
     /// The control task is gone (shutting down).
     #[error("weir is shutting down")]
     Closed,
+    /// No rollout of this app is known.
+    #[error("app {0} has no rollout")]
+    NoRollout(String),
+    /// A rollout of this app is under way already.
+    #[error("a rollout of app {app} to {canary} is under way ({phase}); abort or promote it first")]
+    RolloutUnderWay {
+        /// App name.
+        app: String,
+        /// Its canary.
+        canary: String,
+        /// Its phase.
+        phase: String,
+    },
+    /// The rollout call cannot be done as asked (a bad plan, resuming one that is not paused…).
+    #[error("{0}")]
+    Rollout(String),
 }
 
 /// Why a reload was refused. Nothing was changed.
@@ -189,6 +209,12 @@ pub struct Control {
     broken: Option<String>,
     /// TLS listeners' certificates, re-read on a reload.
     certificates: BTreeMap<String, Arc<crate::data::tls::Certificates>>,
+    /// Per app, the window of the analysis under way (in memory: the counts it compares
+    /// are this process's).
+    windows: BTreeMap<String, rollout::Window>,
+    /// Whether this replica drives rollouts (always, unless replicas share a store and
+    /// another one leads).
+    leading: bool,
     applied: watch::Sender<Applied>,
 }
 
@@ -216,6 +242,8 @@ impl Control {
             identity: String::new(),
             broken: None,
             certificates: BTreeMap::new(),
+            windows: BTreeMap::new(),
+            leading: true,
             applied: watch::Sender::new(Applied::default()),
         };
         control.publish();
@@ -567,7 +595,14 @@ impl Control {
             let mut histories = self.histories.clone();
             let history = histories.get_mut(&req.app).expect("every app has a history");
             let revision = history.record(weights, req.reason.clone(), cause, req.by.clone()).number;
-            match self.commit(histories).await {
+            // A split changed by hand during a rollout pauses it, in the same write.
+            let before = self.rollouts.get(&req.app).cloned();
+            self.pause_rollout_for(&req.app, revision, &req.by);
+            let committed = self.commit(histories).await;
+            if committed.is_err() {
+                self.restore_rollout(&req.app, before);
+            }
+            match committed {
                 Ok(()) => {
                     let current = self.histories[&req.app].current();
                     tracing::info!(app = %req.app, revision, by = %req.by, weights = ?current.weights, cause = ?current.cause, "split changed");
@@ -581,6 +616,268 @@ impl Control {
             }
         }
         Err(ControlError::Store("the state kept changing under this change; try again".into()))
+    }
+
+    /// The rollout of `app` as stored, if any.
+    pub fn rollout_of(&self, app: &str) -> Option<Rollout> {
+        let stored = self.rollouts.get(app)?;
+        match serde_json::from_value(stored.clone()) {
+            Ok(r) => Some(r),
+            Err(e) => {
+                tracing::warn!(%app, "the stored rollout cannot be read and is ignored: {e}");
+                None
+            }
+        }
+    }
+
+    fn restore_rollout(&mut self, app: &str, before: Option<serde_json::Value>) {
+        match before {
+            Some(v) => self.rollouts.insert(app.to_owned(), v),
+            None => self.rollouts.remove(app),
+        };
+    }
+
+    /// Pauses `app`'s rollout, if one is under way, because its split was changed by hand.
+    fn pause_rollout_for(&mut self, app: &str, revision: u64, by: &str) {
+        let Some(mut r) = self.rollout_of(app).filter(|r| !r.phase.is_done()) else { return };
+        if r.phase == Phase::Progressing {
+            r.paused_elapsed_ms = Some(r.elapsed_ms(unix_ms()));
+        }
+        r.phase = Phase::Paused;
+        let who = if by.is_empty() { String::new() } else { format!(" by {by}") };
+        r.message = format!(
+            "paused: the split was changed by hand (revision {revision}{who}); resume to go on at step {} of {}",
+            (r.step + 1).min(r.steps.len()),
+            r.steps.len()
+        );
+        tracing::warn!(%app, "rollout {}", r.message);
+        self.windows.remove(app);
+        self.rollouts.insert(app.to_owned(), serde_json::to_value(&r).expect("a rollout serializes"));
+    }
+
+    /// Stores `r` as `app`'s rollout, with the canary at `canary_weight` (stable the rest)
+    /// as a new revision when given, in one write. On an error nothing changed.
+    async fn write_rollout(
+        &mut self,
+        app: &str,
+        r: &Rollout,
+        canary_weight: Option<u32>,
+        reason: String,
+        by: &str,
+    ) -> Result<Option<u64>, ControlError> {
+        for _ in 0..MAX_CONFLICTS {
+            if let Some(why) = &self.broken {
+                return Err(ControlError::Store(why.clone()));
+            }
+            let app_cfg = self.config.apps.get(app).ok_or_else(|| ControlError::UnknownApp(app.into()))?;
+            let mut histories = self.histories.clone();
+            let history = histories.get_mut(app).expect("every app has a history");
+            let mut revision = None;
+            if let Some(w) = canary_weight {
+                let weights: BTreeMap<String, u32> = app_cfg
+                    .versions
+                    .keys()
+                    .map(|v| {
+                        let weight = if *v == r.canary {
+                            w
+                        } else if *v == r.stable {
+                            100 - w.min(100)
+                        } else {
+                            0
+                        };
+                        (v.clone(), weight)
+                    })
+                    .collect();
+                if weights != history.current().weights {
+                    let cause = Cause::Rollout { canary: r.canary.clone(), step: r.step as u64 };
+                    revision = Some(history.record(weights, reason.clone(), cause, by.to_owned()).number);
+                }
+            }
+            let before = self.rollouts.insert(app.to_owned(), serde_json::to_value(r).expect("a rollout serializes"));
+            match self.commit(histories).await {
+                Ok(()) => return Ok(revision),
+                Err(StoreError::Conflict) => {
+                    self.restore_rollout(app, before);
+                    self.refresh().await.map_err(|e| ControlError::Store(e.to_string()))?;
+                }
+                Err(e) => {
+                    self.restore_rollout(app, before);
+                    return Err(ControlError::Store(e.to_string()));
+                }
+            }
+        }
+        Err(ControlError::Store("the state kept changing under this change; try again".into()))
+    }
+
+    /// Answers an operator's rollout call for `app` (start, status, pause, resume, abort,
+    /// promote); the rollout as it is afterwards.
+    pub async fn rollout_call(&mut self, app: &str, call: RolloutCall, by: String) -> Result<Rollout, ControlError> {
+        let app_cfg = self.config.apps.get(app).ok_or_else(|| ControlError::UnknownApp(app.into()))?.clone();
+        let current = self.rollout_of(app);
+        let now = unix_ms();
+        let who = if by.is_empty() { String::new() } else { format!(" by {by}") };
+        let refused = |what: &str, r: &Rollout| {
+            Err(ControlError::Rollout(format!("cannot {what} the rollout to {}: it is {:?}", r.canary, r.phase)))
+        };
+        let (r, weight, reason) = match call {
+            RolloutCall::Status => return current.ok_or_else(|| ControlError::NoRollout(app.into())),
+            RolloutCall::Start { canary, stable, plan, steps } => {
+                if let Some(r) = current.as_ref().filter(|r| !r.phase.is_done()) {
+                    return Err(ControlError::RolloutUnderWay {
+                        app: app.into(),
+                        canary: r.canary.clone(),
+                        phase: format!("{:?}", r.phase),
+                    });
+                }
+                let known = || app_cfg.versions.keys().cloned().collect::<Vec<_>>().join(", ");
+                if !app_cfg.versions.contains_key(&canary) {
+                    return Err(ControlError::UnknownVersion { app: app.into(), version: canary, known: known() });
+                }
+                let weights = &self.histories[app].current().weights;
+                let stable = match stable {
+                    Some(s) if !app_cfg.versions.contains_key(&s) => {
+                        return Err(ControlError::UnknownVersion { app: app.into(), version: s, known: known() });
+                    }
+                    Some(s) => s,
+                    // The version with the most traffic other than the canary.
+                    None => weights
+                        .iter()
+                        .filter(|(v, w)| **v != canary && **w > 0)
+                        .max_by_key(|(_, w)| **w)
+                        .map(|(v, _)| v.clone())
+                        .ok_or_else(|| {
+                            ControlError::Rollout(format!(
+                                "no version other than {canary} has traffic to roll out from"
+                            ))
+                        })?,
+                };
+                if stable == canary {
+                    return Err(ControlError::Rollout("the canary and the stable version are the same".into()));
+                }
+                let (plan, steps) = match (plan, steps) {
+                    (_, Some(steps)) => ("custom".to_owned(), steps),
+                    (name, None) => {
+                        let name = name.unwrap_or_else(|| app_cfg.rollout.default_plan.clone());
+                        let steps = app_cfg.rollout.plans.get(&name).cloned().or_else(|| rollout::preset(&name));
+                        let steps = steps.ok_or_else(|| {
+                            ControlError::Rollout(format!(
+                                "no plan named {name:?} (nor a preset: canary, ramped, blue_green)"
+                            ))
+                        })?;
+                        (name, steps)
+                    }
+                };
+                rollout::check_plan(&steps).map_err(ControlError::Rollout)?;
+                let failure_limit = app_cfg.rollout.failure_limit;
+                let r = Rollout {
+                    message: format!("started{who}: {} → {canary} by plan {plan}", stable),
+                    looks: Rollout::planned_looks(&steps, failure_limit),
+                    stable,
+                    canary,
+                    plan,
+                    steps,
+                    step: 0,
+                    phase: Phase::Progressing,
+                    step_started_ms: now,
+                    paused_elapsed_ms: None,
+                    failed_analyses: 0,
+                    failure_limit,
+                    looks_done: 0,
+                    criteria: app_cfg.rollout.criteria.clone(),
+                    last_analysis: None,
+                    started_by: by.clone(),
+                    started_ms: now,
+                };
+                (r, None, String::new())
+            }
+            RolloutCall::Pause => {
+                let mut r = current.ok_or_else(|| ControlError::NoRollout(app.into()))?;
+                if r.phase != Phase::Progressing {
+                    return refused("pause", &r);
+                }
+                r.paused_elapsed_ms = Some(r.elapsed_ms(now));
+                r.phase = Phase::Paused;
+                r.message = format!("paused{who} at step {} of {}", (r.step + 1).min(r.steps.len()), r.steps.len());
+                (r, None, String::new())
+            }
+            RolloutCall::Resume => {
+                let mut r = current.ok_or_else(|| ControlError::NoRollout(app.into()))?;
+                if r.phase != Phase::Paused {
+                    return refused("resume", &r);
+                }
+                r.step_started_ms = now.saturating_sub(r.paused_elapsed_ms.take().unwrap_or(0));
+                r.phase = Phase::Progressing;
+                r.message = format!("resumed{who} at step {} of {}", (r.step + 1).min(r.steps.len()), r.steps.len());
+                (r, None, String::new())
+            }
+            RolloutCall::Abort => {
+                let mut r = current.ok_or_else(|| ControlError::NoRollout(app.into()))?;
+                if r.phase.is_done() {
+                    return refused("abort", &r);
+                }
+                r.phase = Phase::Aborted;
+                r.message = format!("aborted{who}: {} has all traffic", r.stable);
+                let reason = format!("rollout of {} aborted{who}", r.canary);
+                (r, Some(0), reason)
+            }
+            RolloutCall::Promote => {
+                let mut r = current.ok_or_else(|| ControlError::NoRollout(app.into()))?;
+                if r.phase.is_done() {
+                    return refused("promote", &r);
+                }
+                r.phase = Phase::Succeeded;
+                r.step = r.steps.len();
+                r.message = format!("promoted{who}: {} has all traffic", r.canary);
+                let reason = format!("rollout of {} promoted{who}", r.canary);
+                (r, Some(100), reason)
+            }
+        };
+        self.windows.remove(app);
+        self.write_rollout(app, &r, weight, reason, &by).await?;
+        tracing::info!(%app, "rollout {}", r.message);
+        Ok(r)
+    }
+
+    /// Whether this replica runs rollouts (an election among replicas sharing a store
+    /// decides; alone, it always does). A new leader judges from a fresh window.
+    pub fn set_leading(&mut self, leading: bool) {
+        if leading != self.leading {
+            tracing::info!(leading, "rollout leadership changed");
+            self.windows.clear();
+        }
+        self.leading = leading;
+    }
+
+    /// Advances every rollout under way (the control task calls this on a timer).
+    pub async fn tick(&mut self) {
+        if !self.leading || self.broken.is_some() {
+            return;
+        }
+        let due: Vec<String> = self
+            .rollouts
+            .iter()
+            .filter(|(_, v)| v.get("phase").and_then(|p| p.as_str()) == Some("progressing"))
+            .map(|(a, _)| a.clone())
+            .collect();
+        for app in due {
+            let Some(mut r) = self.rollout_of(&app) else { continue };
+            let (canary, stable) = (self.metrics.stats(&app, &r.canary), self.metrics.stats(&app, &r.stable));
+            let figures = || (sample(&canary), sample(&stable));
+            let mut window = self.windows.remove(&app);
+            let action = r.advance(unix_ms(), figures, &mut window);
+            if let Some(w) = window {
+                self.windows.insert(app.clone(), w);
+            }
+            let rollout::Action::Write { canary_weight, reason, rolled_back } = action else { continue };
+            match self.write_rollout(&app, &r, canary_weight, reason, "rollout").await {
+                Ok(_) if rolled_back => {
+                    self.metrics.rollout_rolled_back(&app);
+                    tracing::warn!(%app, "rollout {}", r.message);
+                }
+                Ok(_) => tracing::info!(%app, "rollout {}", r.message),
+                Err(e) => tracing::warn!(%app, "rollout step not stored, tried again on the next tick: {e}"),
+            }
+        }
     }
 
     /// Checks a change against the current state: the weights and cause of the revision it
@@ -726,6 +1023,49 @@ pub enum Command {
     /// The store's watch read the stored document (another replica's write, or this one's
     /// coming back), or a document it cannot use.
     Stored(Result<(Document, Version), String>),
+    /// An operator's rollout call: app, call, caller.
+    Rollout(String, RolloutCall, String, oneshot::Sender<Result<Rollout, ControlError>>),
+    /// Whether this replica runs rollouts now (replicas sharing a store elect one).
+    Leading(bool),
+}
+
+/// What an operator asks of an app's rollout.
+#[derive(Debug, Clone)]
+pub enum RolloutCall {
+    /// Start one to `canary`, from `stable` (default: the version with the most traffic), by
+    /// the named plan (default: the app's) or the given steps.
+    Start {
+        /// The version rolled out.
+        canary: String,
+        /// The version rolled out from.
+        stable: Option<String>,
+        /// A plan's name.
+        plan: Option<String>,
+        /// Or its steps.
+        steps: Option<Vec<rollout::Step>>,
+    },
+    /// Where it is.
+    Status,
+    /// Stop at the current step.
+    Pause,
+    /// Go on from it.
+    Resume,
+    /// Stable gets all traffic at once; the rollout ends.
+    Abort,
+    /// The canary gets all traffic at once; the rollout ends.
+    Promote,
+}
+
+/// Milliseconds since the Unix epoch: a rollout's times are stored, and read by other
+/// replicas and by this one after a restart.
+fn unix_ms() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
+}
+
+/// A version's counts now, as the analysis reads them.
+fn sample(stats: &crate::data::sketch::VersionStats) -> rollout::analysis::Sample {
+    let (requests, failures, latency) = stats.snapshot();
+    rollout::analysis::Sample { requests, failures, latency }
 }
 
 /// Sends commands to the control task. Cheap to clone.
@@ -739,6 +1079,18 @@ impl ControlHandle {
     pub async fn change(&self, req: ChangeRequest) -> Result<Outcome, ControlError> {
         let (tx, rx) = oneshot::channel();
         self.tx.send(Command::Change(req, tx)).await.map_err(|_| ControlError::Closed)?;
+        rx.await.map_err(|_| ControlError::Closed)?
+    }
+
+    /// Tells the control task whether this replica runs rollouts.
+    pub async fn leading(&self, leading: bool) -> Result<(), ControlError> {
+        self.tx.send(Command::Leading(leading)).await.map_err(|_| ControlError::Closed)
+    }
+
+    /// Makes a rollout call for `app` as `by`.
+    pub async fn rollout(&self, app: &str, call: RolloutCall, by: String) -> Result<Rollout, ControlError> {
+        let (tx, rx) = oneshot::channel();
+        self.tx.send(Command::Rollout(app.to_owned(), call, by, tx)).await.map_err(|_| ControlError::Closed)?;
         rx.await.map_err(|_| ControlError::Closed)?
     }
 
@@ -774,12 +1126,23 @@ impl ControlHandle {
 pub fn spawn(mut control: Control, cancel: CancellationToken) -> (ControlHandle, tokio::task::JoinHandle<()>) {
     let (tx, mut rx) = mpsc::channel(64);
     let task = tokio::spawn(async move {
+        // Rollouts advance on this tick: steps and analysis windows are timed to it.
+        let mut tick = tokio::time::interval(ROLLOUT_TICK);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             let cmd = tokio::select! {
                 () = cancel.cancelled() => break,
+                _ = tick.tick() => {
+                    control.tick().await;
+                    continue;
+                }
                 cmd = rx.recv() => match cmd { Some(c) => c, None => break },
             };
             match cmd {
+                Command::Rollout(app, call, by, reply) => {
+                    let _ = reply.send(control.rollout_call(&app, call, by).await);
+                }
+                Command::Leading(leading) => control.set_leading(leading),
                 Command::Change(req, reply) => {
                     let _ = reply.send(control.apply(req).await);
                 }

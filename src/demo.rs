@@ -25,6 +25,9 @@ pub struct BackendOptions {
     /// `/__weir/ids`, one per line, so a benchmark can find requests sent twice. Memory grows
     /// with every such request: off by default.
     pub record_ids: bool,
+    /// Share of requests answered `500` instead (0–1), spread evenly: a bad canary, to watch
+    /// a rollout roll back. Default 0.
+    pub fail: f64,
 }
 
 /// Starts a demo backend on `addr`: `/live` and `/ready` answer `ok`, `/__weir/hits` the
@@ -54,16 +57,24 @@ pub async fn spawn_backend_with(
     let hello = bytes::Bytes::from(format!("Host: {name}, Version: {version}\n"));
     let hits = Arc::new(std::sync::atomic::AtomicU64::new(0));
     let ids = Arc::new(std::sync::Mutex::new(String::new()));
-    let BackendOptions { delay, record_ids } = options;
+    let BackendOptions { delay, record_ids, fail } = options;
+    // Evenly spread failures: request n fails when frac(n·φ) < fail.
+    let failing = (fail.clamp(0.0, 1.0) * 2f64.powi(64)) as u64;
     let handler = move |req: http::Request<crate::data::listener::ClientBody>, _client| {
         let path = req.uri().path();
+        let mut status = StatusCode::OK;
         let body = match path {
             "/live" | "/ready" => bytes::Bytes::from_static(b"ok\n"),
             "/__weir/hits" => format!("{}\n", hits.load(std::sync::atomic::Ordering::Relaxed)).into(),
             "/__weir/ids" => ids.lock().expect("not poisoned").clone().into(),
             _ => {
-                hits.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                hello.clone()
+                let n = hits.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                if failing > 0 && n.wrapping_mul(0x9E37_79B9_7F4A_7C15) < failing {
+                    status = StatusCode::INTERNAL_SERVER_ERROR;
+                    bytes::Bytes::from(format!("demo failure (--fail) from {}", String::from_utf8_lossy(&hello)))
+                } else {
+                    hello.clone()
+                }
             }
         };
         if record_ids && let Some(id) = req.headers().get("x-request-id").and_then(|v| v.to_str().ok()) {
@@ -77,7 +88,7 @@ pub async fn spawn_backend_with(
                 tokio::time::sleep(wait).await;
             }
             let mut resp = Response::new(ResponseBody::local(body));
-            *resp.status_mut() = StatusCode::OK;
+            *resp.status_mut() = status;
             resp.headers_mut().insert(header::CONTENT_TYPE, header::HeaderValue::from_static("text/plain"));
             resp
         }
@@ -88,13 +99,21 @@ pub async fn spawn_backend_with(
 
 /// Starts a demo backend for every endpoint of every app in `config` and points the config at
 /// them. With `ephemeral`, backends bind `127.0.0.1:0` instead of their configured address.
-pub async fn start_backends(config: &mut Config, ephemeral: bool, cancel: &CancellationToken) -> std::io::Result<()> {
+/// `fail_v2`: the share of requests the `v2` backends answer 500 (a bad canary).
+pub async fn start_backends(
+    config: &mut Config,
+    ephemeral: bool,
+    fail_v2: f64,
+    cancel: &CancellationToken,
+) -> std::io::Result<()> {
     for app in config.apps.values_mut() {
         for (version, v) in app.versions.iter_mut() {
             for ep in &mut v.endpoints {
                 let name = ep.display_name();
                 let at = if ephemeral { SocketAddr::from(([127, 0, 0, 1], 0)) } else { ep.addr };
-                ep.addr = spawn_backend(at, &name, version, cancel.child_token())
+                let fail = if version == "v2" { fail_v2 } else { 0.0 };
+                let options = BackendOptions { fail, ..Default::default() };
+                ep.addr = spawn_backend_with(at, &name, version, options, cancel.child_token())
                     .await
                     .map_err(|e| std::io::Error::new(e.kind(), format!("demo backend {name} on {at}: {e}")))?;
                 ep.name = Some(name);

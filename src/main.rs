@@ -61,6 +61,10 @@ enum Command {
         /// where it was. Default: a temporary directory removed at exit.
         #[arg(long)]
         state_dir: Option<PathBuf>,
+        /// Make the v2 backends answer this share of requests with 500 (0–1, e.g. 0.1): a bad
+        /// canary, to watch a rollout roll it back.
+        #[arg(long, default_value_t = 0.0, value_parser = fraction)]
+        fail_v2: f64,
     },
     /// Run Weir with a config file.
     Serve {
@@ -107,6 +111,9 @@ enum Command {
         /// requests sent twice; memory grows with every request).
         #[arg(long)]
         record_ids: bool,
+        /// Answer this share of requests with 500 (0–1), evenly spread.
+        #[arg(long, default_value_t = 0.0, value_parser = fraction)]
+        fail: f64,
     },
 }
 
@@ -165,7 +172,7 @@ fn run(command: Command) -> Result<ExitCode> {
             }
             runtime(config.runtime.worker_threads)?.block_on(serve(config, Some(path), None))
         }
-        Command::Demo { listen, admin, ephemeral_backends, state_dir } => runtime(0)?.block_on(async move {
+        Command::Demo { listen, admin, ephemeral_backends, state_dir, fail_v2 } => runtime(0)?.block_on(async move {
             let mut config = Config::parse(weir::demo::DEMO_CONFIG, "config/demo.toml")?;
             // The demo keeps its state like any Weir; by default in a temporary directory.
             let temp = match state_dir {
@@ -184,16 +191,16 @@ fn run(command: Command) -> Result<ExitCode> {
                 l.addr = listen;
             }
             let backends = CancellationToken::new();
-            weir::demo::start_backends(&mut config, ephemeral_backends, &backends).await?;
+            weir::demo::start_backends(&mut config, ephemeral_backends, fail_v2, &backends).await?;
             let code = serve(config, None, Some(weir::demo::banner)).await;
             backends.cancel();
             drop(temp);
             code
         }),
         Command::Shutdown { admin, wait, timeout } => runtime(1)?.block_on(shutdown(admin, wait, timeout)),
-        Command::Backend { addr, name, version, delay, record_ids } => runtime(0)?.block_on(async move {
+        Command::Backend { addr, name, version, delay, record_ids, fail } => runtime(0)?.block_on(async move {
             let cancel = CancellationToken::new();
-            let options = weir::demo::BackendOptions { delay, record_ids };
+            let options = weir::demo::BackendOptions { delay, record_ids, fail };
             for addr in addr {
                 let bound =
                     weir::demo::spawn_backend_with(addr, &name, &version, options.clone(), cancel.clone()).await?;
@@ -308,4 +315,12 @@ async fn shutdown_signal() -> Result<Signal> {
             Signal::Interrupt
         }
     })
+}
+
+/// A share between 0 and 1.
+fn fraction(text: &str) -> Result<f64, String> {
+    match text.parse::<f64>() {
+        Ok(f) if (0.0..=1.0).contains(&f) => Ok(f),
+        _ => Err(format!("{text:?} is not a share between 0 and 1 (e.g. 0.1)")),
+    }
 }

@@ -1,6 +1,12 @@
 //! Prometheus metrics. Label handles are resolved when a snapshot is built, so a request only
 //! increments atomics it already holds (no label lookup, no allocation, no lock).
 
+use std::collections::HashMap;
+use std::sync::Arc;
+
+/// The canary analysis's counts per (app, version).
+type StatsByVersion = HashMap<(String, String), Arc<crate::data::sketch::VersionStats>>;
+
 use prometheus::{
     Encoder, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGaugeVec, Opts, Registry, TextEncoder,
 };
@@ -59,6 +65,9 @@ pub struct Metrics {
     spills: IntCounterVec,
     tunnels: IntGaugeVec,
     mirrored: IntCounterVec,
+    /// Per (app, version): the canary analysis's counts, kept across snapshots.
+    stats: Arc<std::sync::Mutex<StatsByVersion>>,
+    rollout_rollbacks: IntCounterVec,
     probes: IntCounterVec,
     endpoint_healthy: IntGaugeVec,
     discovery: [IntCounterVec; 3],
@@ -94,6 +103,8 @@ pub struct VersionMetrics {
     pub probes: [IntCounter; 2],
     /// Upgraded connections open now.
     pub tunnels: prometheus::IntGauge,
+    /// What the canary analysis reads (the same for the life of the process).
+    pub stats: std::sync::Arc<crate::data::sketch::VersionStats>,
 }
 
 impl VersionMetrics {
@@ -102,6 +113,17 @@ impl VersionMetrics {
     pub fn count_status(&self, status: http::StatusCode) {
         let class = (status.as_u16() / 100).clamp(1, 5) as usize - 1;
         self.requests[class].inc();
+    }
+
+    /// Counts one answered request: its status and, when an upstream was asked, the time
+    /// to its response head (the histogram and the analysis's sketch).
+    #[inline]
+    pub fn record(&self, status: http::StatusCode, latency: Option<std::time::Duration>) {
+        self.count_status(status);
+        if let Some(l) = latency {
+            self.latency.observe(l.as_secs_f64());
+        }
+        self.stats.record(status, latency);
     }
 
     /// Counts one upstream error.
@@ -196,6 +218,11 @@ impl Metrics {
              (streamed or too large a body).",
             &["app", "version", "result"],
         );
+        let rollout_rollbacks = counter(
+            "weir_rollout_rollbacks_total",
+            "Rollouts Weir rolled back to stable because the canary failed its analysis.",
+            &["app"],
+        );
         let probes = counter("weir_probes_total", "Active health probes, by result.", &["app", "version", "result"]);
         let endpoint_healthy = IntGaugeVec::new(
             Opts::new("weir_endpoint_healthy", "1 when the endpoint takes new requests, else 0."),
@@ -264,6 +291,7 @@ impl Metrics {
             Box::new(spills.clone()),
             Box::new(tunnels.clone()),
             Box::new(mirrored.clone()),
+            Box::new(rollout_rollbacks.clone()),
             Box::new(probes.clone()),
             Box::new(endpoint_healthy.clone()),
             Box::new(discovery[0].clone()),
@@ -288,6 +316,8 @@ impl Metrics {
             spills,
             tunnels,
             mirrored,
+            stats: Arc::default(),
+            rollout_rollbacks,
             probes,
             endpoint_healthy,
             discovery,
@@ -334,8 +364,20 @@ impl Metrics {
             trials: ["pass", "fail"].map(|r| self.trials.with_label_values(&[app, version, r])),
             spilled: self.spills.with_label_values(&[app, version]),
             tunnels: self.tunnels.with_label_values(&[app, version]),
+            stats: self.stats(app, version),
             probes: ["pass", "fail"].map(|r| self.probes.with_label_values(&[app, version, r])),
         }
+    }
+
+    /// The canary analysis's counts of `app`'s `version` (one per pair for the process).
+    pub fn stats(&self, app: &str, version: &str) -> Arc<crate::data::sketch::VersionStats> {
+        let mut all = self.stats.lock().unwrap_or_else(|e| e.into_inner());
+        Arc::clone(all.entry((app.to_owned(), version.to_owned())).or_default())
+    }
+
+    /// Counts a rollout Weir rolled back.
+    pub fn rollout_rolled_back(&self, app: &str) {
+        self.rollout_rollbacks.with_label_values(&[app]).inc();
     }
 
     /// The mirroring counters of `app`'s copies to `version`.

@@ -138,6 +138,12 @@ pub async fn start_with(config: Config, path: Option<std::path::PathBuf>) -> Res
     }
     let mut control = control;
     control.set_certificates(certificates);
+    // Replicas sharing a store elect the one that runs rollouts (a Lease); until elected,
+    // this one does not.
+    #[cfg(feature = "kubernetes")]
+    if matches!(control.store(), crate::control::state::Store::Kube(_)) {
+        control.set_leading(false);
+    }
     let (control, control_task) = control::spawn(control, control_cancel.clone());
     let state_tasks = state.spawn(&control, &applied, &control_cancel);
     let pools = control::discovery_of(&config);
@@ -332,6 +338,7 @@ impl StateSetup {
         if let Some((store, leases)) = self.kube {
             return vec![
                 tokio::spawn(store.watch(control.clone(), cancel.child_token())),
+                tokio::spawn(leases.clone().lead_rollouts(control.clone(), cancel.child_token())),
                 tokio::spawn(leases.run(applied.clone(), cancel.child_token())),
             ];
         }

@@ -272,6 +272,37 @@ fn validate_versions(app_name: &str, app: &super::AppConfig, out: &mut Vec<Probl
             out.push(problem(format!("apps.{app_name}.sticky.cookie"), format!("{c:?} is not a cookie name")));
         }
     }
+    let r = &app.rollout;
+    for (name, steps) in &r.plans {
+        if let Err(e) = crate::control::rollout::check_plan(steps) {
+            out.push(problem(format!("apps.{app_name}.rollout.plans.{name}"), e));
+        }
+    }
+    if !r.plans.contains_key(&r.default_plan) && crate::control::rollout::preset(&r.default_plan).is_none() {
+        out.push(problem(
+            format!("apps.{app_name}.rollout.default_plan"),
+            format!("{:?} is neither one of plans nor a preset (canary, ramped, blue_green)", r.default_plan),
+        ));
+    }
+    if r.failure_limit == 0 {
+        out.push(problem(format!("apps.{app_name}.rollout.failure_limit"), "must be at least 1"));
+    }
+    let c = &r.criteria;
+    if !(c.false_alarm > 0.0 && c.false_alarm < 1.0) {
+        out.push(problem(format!("apps.{app_name}.rollout.criteria.false_alarm"), "must be between 0 and 1"));
+    }
+    if !(c.quantile > 0.0 && c.quantile < 1.0) {
+        out.push(problem(format!("apps.{app_name}.rollout.criteria.quantile"), "must be between 0 and 1"));
+    }
+    if c.latency_factor.is_nan() || c.latency_factor < 1.0 || !(0.0..1.0).contains(&c.failure_margin) {
+        out.push(problem(
+            format!("apps.{app_name}.rollout.criteria"),
+            "latency_factor must be at least 1 and failure_margin between 0 and 1",
+        ));
+    }
+    if c.min_success.is_some_and(|m| !(0.0..=1.0).contains(&m)) {
+        out.push(problem(format!("apps.{app_name}.rollout.criteria.min_success"), "must be between 0 and 1"));
+    }
     if let Some(m) = &app.mirror {
         let field = format!("apps.{app_name}.mirror");
         if !app.versions.contains_key(&m.version) {

@@ -21,7 +21,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::control::discovery::SyncState;
 use crate::control::state::{Replica, Replicas};
-use crate::control::{Change, ChangeRequest, ControlError, ControlHandle};
+use crate::control::{Change, ChangeRequest, ControlError, ControlHandle, RolloutCall};
 use crate::data::listener::{self, CheckHeads, ClientBody, ConnMetrics, Connections, Limits};
 use crate::data::proxy::ResponseBody;
 use crate::data::snapshot::Routes;
@@ -159,6 +159,35 @@ impl Admin {
                 let action = (*action).to_owned();
                 self.change(app, &action, req, by).await
             }
+            (["apps", app, "rollouts"], &Method::POST) => {
+                let body: request::RolloutBody = request::json_body(req, true).await?.expect("required body");
+                let (plan, steps) = match body.plan {
+                    None => (None, None),
+                    Some(request::PlanBody::Named(n)) => (Some(n), None),
+                    Some(request::PlanBody::Steps(s)) => (None, Some(s)),
+                };
+                let call = RolloutCall::Start { canary: body.canary, stable: body.stable, plan, steps };
+                let r = self.control.rollout(app, call, by).await?;
+                Ok(json_response(StatusCode::CREATED, &view::rollout(app, &r)))
+            }
+            (["apps", app, "rollout"], &Method::GET) => {
+                let r = self.control.rollout(app, RolloutCall::Status, by).await?;
+                Ok(json_response(StatusCode::OK, &view::rollout(app, &r)))
+            }
+            (["apps", app, "rollout", action @ ("pause" | "resume" | "abort" | "promote")], &Method::POST) => {
+                let call = match *action {
+                    "pause" => RolloutCall::Pause,
+                    "resume" => RolloutCall::Resume,
+                    "abort" => RolloutCall::Abort,
+                    _ => RolloutCall::Promote,
+                };
+                let r = self.control.rollout(app, call, by).await?;
+                Ok(json_response(StatusCode::OK, &view::rollout(app, &r)))
+            }
+            (["apps", _, "rollouts"] | ["apps", _, "rollout", "pause" | "resume" | "abort" | "promote"], _) => {
+                Err(ApiError::method("POST"))
+            }
+            (["apps", _, "rollout"], _) => Err(ApiError::method("GET")),
             (["reload" | "shutdown"], _) => Err(ApiError::method("POST")),
             (["live" | "ready" | "metrics" | "apps" | "cluster"] | ["apps", _] | ["apps", _, "history"], _) => {
                 Err(ApiError::method("GET"))

@@ -26,6 +26,13 @@ pub enum Cause {
     /// A config reload (SIGHUP or `POST /reload`) whose split section changed, or whose
     /// versions no longer fit the split in force.
     Reload,
+    /// A step of a rollout Weir runs (or its end: rollback, abort, promotion).
+    Rollout {
+        /// The version rolled out.
+        canary: String,
+        /// The step (0-based) it was at.
+        step: u64,
+    },
 }
 
 /// One revision of an app's split.

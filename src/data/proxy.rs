@@ -348,7 +348,7 @@ impl Proxy {
             version.metrics.count_error(UpstreamErrorKind::NoEndpoint);
             let err = ProxyError::NoEndpoint(Arc::clone(&version.name));
             tracing::warn!(app = %app.name, version = %version.name, "{err}");
-            version.metrics.count_status(err.answer().0);
+            version.metrics.record(err.answer().0, None);
             return Err(err);
         };
         Ok((app, version, endpoint))

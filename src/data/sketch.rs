@@ -71,6 +71,36 @@ impl LatencySketch {
     }
 }
 
+/// One version's traffic as the canary analysis reads it: answered requests, failures (5xx,
+/// Weir's own 502/503/504 included) and the latency to response head. Kept per (app, version)
+/// for the life of the process, across snapshots; read as cumulative snapshots whose
+/// differences are windows.
+#[derive(Debug, Default)]
+pub struct VersionStats {
+    requests: AtomicU64,
+    failures: AtomicU64,
+    latency: LatencySketch,
+}
+
+impl VersionStats {
+    /// Counts one answer: its status and, when an upstream was asked, its latency.
+    #[inline]
+    pub fn record(&self, status: http::StatusCode, latency: Option<Duration>) {
+        self.requests.fetch_add(1, Ordering::Relaxed);
+        if status.is_server_error() {
+            self.failures.fetch_add(1, Ordering::Relaxed);
+        }
+        if let Some(l) = latency {
+            self.latency.record(l);
+        }
+    }
+
+    /// The counts so far: (requests, failures, latencies).
+    pub fn snapshot(&self) -> (u64, u64, Histogram) {
+        (self.requests.load(Ordering::Relaxed), self.failures.load(Ordering::Relaxed), self.latency.snapshot())
+    }
+}
+
 /// Counts per bucket: a snapshot, a window (the difference of two), or a merge.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(into = "Sparse", try_from = "Sparse")]

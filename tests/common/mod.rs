@@ -39,7 +39,7 @@ struct Shared {
     hello: String,
     hits: Arc<AtomicU64>,
     release: Arc<tokio::sync::Notify>,
-    /// 0 normal, 1 every answer 500, 2 every other answer 500.
+    /// 0 normal, 1 every answer 500, 2 every other answer 500, 3 one in ten.
     mode: AtomicU8,
     ready: AtomicBool,
     served: AtomicU64,
@@ -51,6 +51,8 @@ struct Shared {
     accepted: AtomicU64,
     /// How long `/ready` takes to answer, in ms.
     ready_delay_ms: AtomicU64,
+    /// How long every other answer takes, in ms.
+    delay_ms: AtomicU64,
 }
 
 type TestBody = BoxBody<Bytes, hyper::Error>;
@@ -80,6 +82,7 @@ impl Backend {
             open: AtomicU64::new(0),
             accepted: AtomicU64::new(0),
             ready_delay_ms: AtomicU64::new(0),
+            delay_ms: AtomicU64::new(0),
         });
         let crash = tokio_util::sync::CancellationToken::new();
         let (sh, cr) = (shared.clone(), crash.clone());
@@ -116,6 +119,16 @@ impl Backend {
     /// Makes every other answer a 500.
     pub fn fail_half(&self) {
         self.shared.mode.store(2, Ordering::SeqCst);
+    }
+
+    /// Makes one answer in ten a 500 (the tenth, twentieth...).
+    pub fn fail_tenth(&self) {
+        self.shared.mode.store(3, Ordering::SeqCst);
+    }
+
+    /// Makes every answer but `/ready` and `/live` take `delay`.
+    pub fn set_delay(&self, delay: Duration) {
+        self.shared.delay_ms.store(delay.as_millis() as u64, Ordering::SeqCst);
     }
 
     /// Makes `/ready` answer only after `delay` (a slow probe).
@@ -179,8 +192,13 @@ async fn answer(req: Request<Incoming>, s: &Shared) -> Response<TestBody> {
     let fail = match s.mode.load(Ordering::SeqCst) {
         1 => true,
         2 => n % 2 == 1,
+        3 => n % 10 == 9,
         _ => false,
     };
+    let delay = s.delay_ms.load(Ordering::SeqCst);
+    if delay > 0 {
+        tokio::time::sleep(Duration::from_millis(delay)).await;
+    }
     if fail {
         s.errors.fetch_add(1, Ordering::SeqCst);
         let mut r = Response::new(full("broken\n"));

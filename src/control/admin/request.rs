@@ -34,6 +34,30 @@ pub struct SplitBody {
     pub reason: String,
 }
 
+/// `POST /apps/{app}/rollouts`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RolloutBody {
+    /// The version to roll out.
+    pub canary: String,
+    /// The version to roll out from (default: the one with the most traffic).
+    #[serde(default)]
+    pub stable: Option<String>,
+    /// A plan: its name (the app's plans or a preset), or its steps.
+    #[serde(default)]
+    pub plan: Option<PlanBody>,
+}
+
+/// A plan in a start call: a name or the steps themselves.
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+pub enum PlanBody {
+    /// One of the app's plans, or a preset.
+    Named(String),
+    /// The steps.
+    Steps(Vec<crate::control::rollout::Step>),
+}
+
 /// `POST /apps/{app}/promote`.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -158,6 +182,9 @@ impl From<ControlError> for ApiError {
             ControlError::RevisionObsolete { .. } => (StatusCode::CONFLICT, "revision_obsolete"),
             ControlError::Store(_) => (StatusCode::SERVICE_UNAVAILABLE, "state_unavailable"),
             ControlError::Closed => (StatusCode::SERVICE_UNAVAILABLE, "shutting_down"),
+            ControlError::NoRollout(_) => (StatusCode::NOT_FOUND, "no_rollout"),
+            ControlError::RolloutUnderWay { .. } => (StatusCode::CONFLICT, "rollout_under_way"),
+            ControlError::Rollout(_) => (StatusCode::CONFLICT, "rollout_refused"),
         };
         let details = match e {
             ControlError::InvalidWeights(d) => d

@@ -72,3 +72,33 @@ pub fn app(app: &App, sync: &SyncState) -> Value {
 fn rfc3339(t: std::time::SystemTime) -> String {
     humantime::format_rfc3339_millis(t).to_string()
 }
+
+/// An app's rollout: where it is, how long it has been in its step, the analysis so far.
+pub fn rollout(app: &str, r: &crate::control::rollout::Rollout) -> Value {
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64);
+    let current = r.steps.get(r.step).map(ToString::to_string);
+    let at = |ms: u64| {
+        let t = std::time::UNIX_EPOCH + std::time::Duration::from_millis(ms);
+        humantime::format_rfc3339_millis(t).to_string()
+    };
+    json!({
+        "app": app,
+        "stable": r.stable,
+        "canary": r.canary,
+        "plan": r.plan,
+        "steps": r.steps,
+        "phase": r.phase,
+        "step": (r.step + 1).min(r.steps.len()),
+        "step_count": r.steps.len(),
+        "current_step": current,
+        "time_in_step_ms": if r.phase.is_done() { 0 } else { r.elapsed_ms(now) },
+        "message": r.message,
+        "failed_analyses": r.failed_analyses,
+        "failure_limit": r.failure_limit,
+        "looks": { "done": r.looks_done, "planned": r.looks, "false_alarm": r.criteria.false_alarm },
+        "criteria": r.criteria,
+        "analysis": r.last_analysis,
+        "started_by": r.started_by,
+        "started_at": at(r.started_ms),
+    })
+}

@@ -31,7 +31,7 @@
 
 use std::time::Duration;
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use statrs::distribution::{ContinuousCDF, Normal};
 
 use crate::data::sketch::{BUCKETS, Histogram, bucket, middle};
@@ -56,8 +56,9 @@ impl Sample {
     }
 }
 
-/// What the canary is held to.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+/// What the canary is held to (`[apps.NAME.rollout.criteria]`; every field has a default).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
 pub struct Criteria {
     /// Requests each version needs in the window before anything is decided.
     pub min_requests: u64,
@@ -70,6 +71,7 @@ pub struct Criteria {
     /// Absolute floor of the canary's success rate (Flagger: 0.99), if any.
     pub min_success: Option<f64>,
     /// Absolute ceiling of the canary's latency quantile (Flagger: 500 ms), if any.
+    #[serde(with = "humantime_serde")]
     pub max_latency: Option<Duration>,
     /// Probability that a canary as good as stable is failed by chance, over the whole rollout.
     pub false_alarm: f64,
@@ -90,7 +92,7 @@ impl Default for Criteria {
 }
 
 /// The outcome of one look.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "result", rename_all = "snake_case")]
 pub enum Verdict {
     /// Too little traffic to decide; says what is missing.
@@ -111,7 +113,7 @@ pub enum Verdict {
 }
 
 /// The figures behind a verdict.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Evidence {
     /// Canary: requests, failure rate, latency quantile (ms).
     pub canary: Figures,
@@ -124,7 +126,7 @@ pub struct Evidence {
 }
 
 /// One version's figures in a look.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Figures {
     /// Requests in the window.
     pub requests: u64,

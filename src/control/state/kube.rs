@@ -354,6 +354,114 @@ impl Leases {
         }
     }
 
+    /// The Lease of the replica that runs rollouts: one per shared state, not labelled as a
+    /// replica's report.
+    fn leader_name(&self) -> String {
+        let mut name = format!("{}-rollouts", self.state);
+        name.truncate(253);
+        name
+    }
+
+    /// Takes rollout leadership if nobody holds it (or the holder stopped renewing for its
+    /// lease duration), renews it if this replica holds it; whether this replica leads now.
+    /// Both are compare-and-swap on the Lease's `resourceVersion`: of two replicas taking
+    /// over at once, one wins.
+    pub async fn lead(&self) -> Result<bool, String> {
+        let name = self.leader_name();
+        let now = MicroTime(Timestamp::now());
+        let seconds = self.duration.as_secs().clamp(1, i32::MAX as u64) as i32;
+        let lost = |e: &str| e.contains("409") || e.contains("Conflict") || e.contains("AlreadyExists");
+        match self.call(self.api.get_opt(&name)).await? {
+            None => {
+                let lease = Lease {
+                    metadata: ObjectMeta { name: Some(name), ..Default::default() },
+                    spec: Some(LeaseSpec {
+                        holder_identity: Some(self.identity.clone()),
+                        lease_duration_seconds: Some(seconds),
+                        acquire_time: Some(now.clone()),
+                        renew_time: Some(now),
+                        lease_transitions: Some(0),
+                        ..Default::default()
+                    }),
+                };
+                match self.call(self.api.create(&PostParams::default(), &lease)).await {
+                    Ok(_) => Ok(true),
+                    Err(e) if lost(&e) => Ok(false),
+                    Err(e) => Err(e),
+                }
+            }
+            Some(mut lease) => {
+                let spec = lease.spec.clone().unwrap_or_default();
+                let mine = spec.holder_identity.as_deref() == Some(self.identity.as_str());
+                let renewed = spec.renew_time.map_or(SystemTime::UNIX_EPOCH, |t| SystemTime::from(t.0));
+                let held_for = Duration::from_secs(spec.lease_duration_seconds.unwrap_or(0).max(0) as u64);
+                if !mine && renewed + held_for > SystemTime::now() {
+                    return Ok(false);
+                }
+                lease.spec = Some(LeaseSpec {
+                    holder_identity: Some(self.identity.clone()),
+                    lease_duration_seconds: Some(seconds),
+                    acquire_time: if mine { spec.acquire_time } else { Some(now.clone()) },
+                    renew_time: Some(now),
+                    lease_transitions: Some(spec.lease_transitions.unwrap_or(0) + i32::from(!mine)),
+                    ..Default::default()
+                });
+                lease.metadata.managed_fields = None;
+                match self.call(self.api.replace(&name, &PostParams::default(), &lease)).await {
+                    Ok(_) => {
+                        if !mine {
+                            tracing::info!(lease = %name, "this replica now runs rollouts");
+                        }
+                        Ok(true)
+                    }
+                    Err(e) if lost(&e) => Ok(false),
+                    Err(e) => Err(e),
+                }
+            }
+        }
+    }
+
+    /// Keeps rollout leadership up to date every third of the lease duration, telling the
+    /// control task when it changes, until `cancel`; gives it up on the way out (so another
+    /// replica takes over at once). A replica that cannot reach the API server stops leading:
+    /// another may have taken over, and its writes would fail anyway.
+    pub async fn lead_rollouts(self, control: ControlHandle, cancel: CancellationToken) {
+        let every = (self.duration / 3).max(Duration::from_millis(200));
+        let mut leading = false;
+        loop {
+            let now = match self.lead().await {
+                Ok(l) => l,
+                Err(e) => {
+                    if leading {
+                        tracing::warn!("cannot renew rollout leadership, stepping down: {e}");
+                    }
+                    false
+                }
+            };
+            if now != leading {
+                leading = now;
+                if control.leading(leading).await.is_err() {
+                    return;
+                }
+            }
+            tokio::select! {
+                () = cancel.cancelled() => break,
+                () = tokio::time::sleep(every) => {}
+            }
+        }
+        if leading {
+            let name = self.leader_name();
+            if let Ok(Some(mut lease)) = self.call(self.api.get_opt(&name)).await {
+                if let Some(spec) = lease.spec.as_mut() {
+                    spec.holder_identity = None;
+                    spec.renew_time = None;
+                }
+                lease.metadata.managed_fields = None;
+                let _ = self.call(self.api.replace(&name, &PostParams::default(), &lease)).await;
+            }
+        }
+    }
+
     /// Every replica's last report.
     pub async fn list(&self) -> Result<Vec<Replica>, String> {
         let params = ListParams::default().labels(&format!("{LEASE_LABEL}={}", self.state));

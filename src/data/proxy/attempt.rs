@@ -256,15 +256,13 @@ pub(super) fn answered(
     } else {
         endpoint.state.record_success(tried.elapsed());
     }
-    version.metrics.count_status(status);
-    version.metrics.latency.observe(start.elapsed().as_secs_f64());
+    version.metrics.record(status, Some(start.elapsed()));
 }
 
 /// The response to a request whose last attempt failed with `e`, counted.
 pub(super) fn failed(version: &Version, e: UpstreamError, start: Instant) -> Response<ResponseBody> {
     let resp = error_response(&ProxyError::Upstream(e));
-    version.metrics.count_status(resp.status());
-    version.metrics.latency.observe(start.elapsed().as_secs_f64());
+    version.metrics.record(resp.status(), Some(start.elapsed()));
     resp
 }
 
