@@ -223,3 +223,77 @@ async fn three_replicas_share_one_split() {
     assert_eq!(failed, 0);
     assert!(ok > 1000, "the clients ran: {ok}");
 }
+
+/// The replica driving a rollout (the holder of the `<state>-rollouts` Lease) is killed with
+/// SIGKILL mid-rollout; once its lease expires another replica takes over and continues from
+/// the stored step. Clients of the two survivors see no failed request.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_rollout_leader_dies_and_another_continues_from_the_same_step() {
+    let fake = FakeKube::start(Duration::from_secs(30)).await;
+    fake.apply(&ConfigMap {
+        metadata: ObjectMeta {
+            name: Some("weir-state".into()),
+            namespace: Some("default".into()),
+            ..Default::default()
+        },
+        ..Default::default()
+    });
+    let (v1, v2) = (Backend::spawn("v1-0", "v1").await, Backend::spawn("v2-0", "v2").await);
+    let plan = "[apps.web.rollout]\n\
+        plans.steps = [{ set_weight = 20 }, { pause = \"6s\" }, { set_weight = 60 }, { pause = \"1h\" }]\n";
+    let dirs: Vec<_> = (0..3).map(|_| tempfile::tempdir().unwrap()).collect();
+    let names = ["weir-a", "weir-b", "weir-c"];
+    let mut replicas: Vec<Weir> = (0..3)
+        .map(|i| Weir::spawn(dirs[i].path(), &format!("{}{plan}", config(&fake.url(), names[i], &v1, &v2)), &[]))
+        .collect();
+    for w in &mut replicas {
+        w.ready().await;
+    }
+    let client = Client::new();
+    let r = client
+        .call("POST", &format!("{}/apps/web/rollouts", replicas[1].admin), r#"{"canary":"v2","plan":"steps"}"#)
+        .await;
+    assert_eq!(r.status, 201, "{}", r.body);
+    let rollout = |w: &Weir| format!("{}/apps/web/rollout", w.admin);
+    // At the 6 s pause: the leader set 20 %.
+    let start = Instant::now();
+    while client.get(&rollout(&replicas[0])).await.json()["step"] != 2 {
+        assert!(start.elapsed() < Duration::from_secs(10), "the rollout never reached its pause");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let leader = fake.get_raw("leases", "default", "weir-state-rollouts").expect("a leader Lease");
+    let holder = leader["spec"]["holderIdentity"].as_str().unwrap().to_owned();
+    let dead = names.iter().position(|n| *n == holder).unwrap();
+    let survivors: Vec<usize> = (0..3).filter(|&i| i != dead).collect();
+    let loads: Vec<Load> = survivors.iter().map(|&i| Load::start(&replicas[i].traffic, 4, 1_000_000)).collect();
+    replicas[dead].kill9();
+    let killed = Instant::now();
+    // Another replica takes over after the 3 s lease and goes on: 60 %, then the long pause.
+    let mut last = serde_json::Value::Null;
+    while killed.elapsed() < Duration::from_secs(20) {
+        last = client.get(&rollout(&replicas[survivors[0]])).await.json();
+        if last["step"] == 4 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(last["step"], 4, "no survivor continued the rollout: {last:#}");
+    eprintln!("rollout continued by another replica {:?} after the leader was killed", killed.elapsed());
+    let holder_now =
+        fake.get_raw("leases", "default", "weir-state-rollouts").unwrap()["spec"]["holderIdentity"].clone();
+    assert_ne!(holder_now, json!(holder), "leadership moved");
+    let history = client.get(&format!("{}/apps/web/history", replicas[survivors[1]].admin)).await.json();
+    let reasons: Vec<&str> =
+        history["revisions"].as_array().unwrap().iter().map(|r| r["reason"].as_str().unwrap()).collect();
+    assert_eq!(reasons.iter().filter(|r| r.starts_with("rollout ")).count(), 2, "each step once: {reasons:?}");
+    let mut failed = 0;
+    for load in loads {
+        let report = load.stop().await;
+        failed += report.failed;
+        assert!(report.ok > 0);
+    }
+    assert_eq!(failed, 0, "clients of the survivors saw failures");
+    for i in survivors {
+        replicas[i].stop().await;
+    }
+}
