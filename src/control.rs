@@ -215,6 +215,8 @@ pub struct Control {
     /// Whether this replica drives rollouts (always, unless replicas share a store and
     /// another one leads).
     leading: bool,
+    /// The other replicas' counts, as last reported (the leader judges all traffic).
+    peers: BTreeMap<String, PeerCounts>,
     applied: watch::Sender<Applied>,
 }
 
@@ -244,6 +246,7 @@ impl Control {
             certificates: BTreeMap::new(),
             windows: BTreeMap::new(),
             leading: true,
+            peers: BTreeMap::new(),
             applied: watch::Sender::new(Applied::default()),
         };
         control.publish();
@@ -838,6 +841,37 @@ impl Control {
         Ok(r)
     }
 
+    /// Takes the other replicas' latest counts. A replica whose counts went down restarted:
+    /// what it had counted stays counted, so the sum only grows (a window's difference stays
+    /// true); one that left keeps its last counts.
+    pub fn set_peer_counts(&mut self, reports: BTreeMap<String, rollout::analysis::Counts>) {
+        for (replica, counts) in reports {
+            let peer = self.peers.entry(replica).or_default();
+            for (app, versions) in &peer.last {
+                for (version, before) in versions {
+                    let now = counts.get(app).and_then(|v| v.get(version));
+                    if now.is_none_or(|n| n.requests < before.requests) {
+                        peer.base.entry(app.clone()).or_default().entry(version.clone()).or_default().merge(before);
+                    }
+                }
+            }
+            peer.last = counts;
+        }
+    }
+
+    /// A version's counts now: this replica's, plus every other replica's last report.
+    fn counted(&self, app: &str, version: &str) -> rollout::analysis::Sample {
+        let mut total = sample(&self.metrics.stats(app, version));
+        for peer in self.peers.values() {
+            for counts in [&peer.base, &peer.last] {
+                if let Some(s) = counts.get(app).and_then(|v| v.get(version)) {
+                    total.merge(s);
+                }
+            }
+        }
+        total
+    }
+
     /// Whether this replica runs rollouts (an election among replicas sharing a store
     /// decides; alone, it always does). A new leader judges from a fresh window.
     pub fn set_leading(&mut self, leading: bool) {
@@ -861,8 +895,9 @@ impl Control {
             .collect();
         for app in due {
             let Some(mut r) = self.rollout_of(&app) else { continue };
-            let (canary, stable) = (self.metrics.stats(&app, &r.canary), self.metrics.stats(&app, &r.stable));
-            let figures = || (sample(&canary), sample(&stable));
+            // Read at every tick (a few hundred counters): cheap next to the tick itself.
+            let now_counted = (self.counted(&app, &r.canary), self.counted(&app, &r.stable));
+            let figures = || now_counted.clone();
             let mut window = self.windows.remove(&app);
             let action = r.advance(unix_ms(), figures, &mut window);
             if let Some(w) = window {
@@ -1027,6 +1062,15 @@ pub enum Command {
     Rollout(String, RolloutCall, String, oneshot::Sender<Result<Rollout, ControlError>>),
     /// Whether this replica runs rollouts now (replicas sharing a store elect one).
     Leading(bool),
+    /// The other replicas' reported counts, by replica, for the leader's analysis.
+    PeerCounts(BTreeMap<String, rollout::analysis::Counts>),
+}
+
+/// Another replica's counts: its last report, and what it had counted before it restarted.
+#[derive(Debug, Default)]
+struct PeerCounts {
+    last: rollout::analysis::Counts,
+    base: rollout::analysis::Counts,
 }
 
 /// What an operator asks of an app's rollout.
@@ -1080,6 +1124,11 @@ impl ControlHandle {
         let (tx, rx) = oneshot::channel();
         self.tx.send(Command::Change(req, tx)).await.map_err(|_| ControlError::Closed)?;
         rx.await.map_err(|_| ControlError::Closed)?
+    }
+
+    /// Hands the control task the other replicas' counts (the leader adds them to its own).
+    pub async fn peer_counts(&self, counts: BTreeMap<String, rollout::analysis::Counts>) -> Result<(), ControlError> {
+        self.tx.send(Command::PeerCounts(counts)).await.map_err(|_| ControlError::Closed)
     }
 
     /// Tells the control task whether this replica runs rollouts.
@@ -1143,6 +1192,7 @@ pub fn spawn(mut control: Control, cancel: CancellationToken) -> (ControlHandle,
                     let _ = reply.send(control.rollout_call(&app, call, by).await);
                 }
                 Command::Leading(leading) => control.set_leading(leading),
+                Command::PeerCounts(counts) => control.set_peer_counts(counts),
                 Command::Change(req, reply) => {
                     let _ = reply.send(control.apply(req).await);
                 }

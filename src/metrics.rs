@@ -375,6 +375,20 @@ impl Metrics {
         Arc::clone(all.entry((app.to_owned(), version.to_owned())).or_default())
     }
 
+    /// Every version's counts so far (what this replica reports to the rollout leader).
+    pub fn counts(&self) -> crate::control::rollout::analysis::Counts {
+        let all = self.stats.lock().unwrap_or_else(|e| e.into_inner());
+        let mut out = crate::control::rollout::analysis::Counts::new();
+        for ((app, version), stats) in all.iter() {
+            let (requests, failures, latency) = stats.snapshot();
+            if requests > 0 {
+                let sample = crate::control::rollout::analysis::Sample { requests, failures, latency };
+                out.entry(app.clone()).or_default().insert(version.clone(), sample);
+            }
+        }
+        out
+    }
+
     /// Counts a rollout Weir rolled back.
     pub fn rollout_rolled_back(&self, app: &str) {
         self.rollout_rollbacks.with_label_values(&[app]).inc();

@@ -95,7 +95,7 @@ pub async fn start_with(config: Config, path: Option<std::path::PathBuf>) -> Res
     if config.admin.allow_unauthenticated && !config.admin.addr.ip().is_loopback() {
         tracing::warn!(addr = %config.admin.addr, "the admin API is open to any client (admin.allow_unauthenticated)");
     }
-    let (store, state) = open_store(&config).await?;
+    let (store, state) = open_store(&config, &metrics).await?;
     let mut control = open_control(&config, &metrics, store, &state.identity).await?.with_config_path(path);
     let applied = control.applied();
     let replicas = state.replicas(&applied);
@@ -348,7 +348,7 @@ impl StateSetup {
 }
 
 /// Opens the store `[state]` names.
-async fn open_store(config: &Config) -> Result<(Store, StateSetup), Error> {
+async fn open_store(config: &Config, metrics: &Metrics) -> Result<(Store, StateSetup), Error> {
     let identity = config.state.kubernetes.as_ref().and_then(|k| k.identity.clone()).unwrap_or_else(default_identity);
     if let Some(dir) = &config.state.dir {
         let store = FileStore::open(dir).map_err(|e| Error::State(e.to_string()))?;
@@ -364,12 +364,12 @@ async fn open_store(config: &Config) -> Result<(Store, StateSetup), Error> {
                 .await
                 .map_err(|e| Error::State(e.to_string()))?;
             let store = Arc::new(crate::control::state::kube::KubeStore::new(client, k));
-            let leases = store.leases(k, &identity);
+            let leases = store.leases(k, &identity).with_metrics(metrics.clone());
             return Ok((Store::Kube(Arc::clone(&store)), StateSetup { identity, kube: Some((store, leases)) }));
         }
         #[cfg(not(feature = "kubernetes"))]
         {
-            let _ = k;
+            let _ = (k, metrics);
             return Err(Error::State("state.kubernetes needs a weir built with the `kubernetes` feature".into()));
         }
     }

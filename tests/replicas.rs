@@ -297,3 +297,65 @@ async fn the_rollout_leader_dies_and_another_continues_from_the_same_step() {
         replicas[i].stop().await;
     }
 }
+
+/// The leader judges every replica's traffic, not only its own: here it gets none at all
+/// (clients reach only the two other replicas), and a canary failing 10 % of requests is
+/// still judged, from the counts the others report in their Leases, and rolled back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_leader_judges_the_traffic_of_every_replica() {
+    let fake = FakeKube::start(Duration::from_secs(30)).await;
+    fake.apply(&ConfigMap {
+        metadata: ObjectMeta {
+            name: Some("weir-state".into()),
+            namespace: Some("default".into()),
+            ..Default::default()
+        },
+        ..Default::default()
+    });
+    let (v1, v2) = (Backend::spawn("v1-0", "v1").await, Backend::spawn("v2-0", "v2").await);
+    v2.fail_tenth();
+    let plan = "[apps.web.rollout]\ncriteria = { min_requests = 20 }\n\
+        plans.steps = [{ set_weight = 50 }, { analyze = \"2s\" }, { set_weight = 100 }]\n";
+    let dirs: Vec<_> = (0..3).map(|_| tempfile::tempdir().unwrap()).collect();
+    let names = ["weir-a", "weir-b", "weir-c"];
+    let mut replicas: Vec<Weir> = (0..3)
+        .map(|i| Weir::spawn(dirs[i].path(), &format!("{}{plan}", config(&fake.url(), names[i], &v1, &v2)), &[]))
+        .collect();
+    for w in &mut replicas {
+        w.ready().await;
+    }
+    let start = Instant::now();
+    let holder = loop {
+        if let Some(l) = fake.get_raw("leases", "default", "weir-state-rollouts") {
+            break l["spec"]["holderIdentity"].as_str().unwrap().to_owned();
+        }
+        assert!(start.elapsed() < Duration::from_secs(10), "nobody took rollout leadership");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    let leader = names.iter().position(|n| *n == holder).unwrap();
+    let others: Vec<usize> = (0..3).filter(|&i| i != leader).collect();
+    let loads: Vec<Load> = others.iter().map(|&i| Load::start(&replicas[i].traffic, 4, 1_000_000)).collect();
+    let client = Client::new();
+    let r = client
+        .call("POST", &format!("{}/apps/web/rollouts", replicas[others[0]].admin), r#"{"canary":"v2","plan":"steps"}"#)
+        .await;
+    assert_eq!(r.status, 201, "{}", r.body);
+    let url = format!("{}/apps/web/rollout", replicas[leader].admin);
+    let mut last = serde_json::Value::Null;
+    while start.elapsed() < Duration::from_secs(40) {
+        last = client.get(&url).await.json();
+        if last["phase"] != "progressing" {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    for load in loads {
+        load.stop().await;
+    }
+    assert_eq!(last["phase"], "rolled_back", "{last:#}");
+    let canary = &last["analysis"]["evidence"]["canary"];
+    assert!(canary["requests"].as_u64().unwrap() >= 20, "judged from the others' counts: {last:#}");
+    for w in &mut replicas {
+        w.stop().await;
+    }
+}

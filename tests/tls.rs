@@ -173,6 +173,8 @@ async fn sni_alpn_and_split_over_tls() {
         let (mut h1, conn) = hyper::client::conn::http1::handshake(TokioIo::new(s)).await.unwrap();
         tokio::spawn(conn);
         for _ in 0..4 {
+            // The same connection each time: it must be ready again (kept alive) first.
+            h1.ready().await.expect("the connection is kept alive");
             let resp = h1.send_request(get("a.test", "/headers")).await.unwrap();
             assert_eq!(resp.status(), 200);
             let body = body_of(resp).await;

@@ -196,6 +196,9 @@ pub struct Replica {
     pub live: bool,
     /// Whether it is the replica answering.
     pub this: bool,
+    /// Its per-version counts for the rollout analysis, as reported (not shown).
+    #[serde(skip)]
+    pub counts: Option<String>,
 }
 
 fn rfc3339<S: serde::Serializer>(t: &std::time::SystemTime, s: S) -> Result<S::Ok, S::Error> {
@@ -230,6 +233,7 @@ impl Replicas {
                     last_report: std::time::SystemTime::now(),
                     live: true,
                     this: true,
+                    counts: None,
                 }])
             }
             #[cfg(feature = "kubernetes")]

@@ -130,3 +130,20 @@ async fn adopting_another_replicas_state_skips_older_documents() {
     assert!(matches!(c.apply(req(split(1, 1))).await, Err(ControlError::Store(_))));
     assert_eq!(weights(&c), [("v1".into(), 30), ("v2".into(), 70)]);
 }
+
+#[test]
+fn peer_counts_add_up_and_survive_a_peer_restart() {
+    use crate::control::rollout::analysis::{Counts, Sample};
+    let mut c = control();
+    let counts = |requests: u64, failures: u64| -> Counts {
+        let s = Sample { requests, failures, latency: Default::default() };
+        [("web".to_string(), [("v2".to_string(), s)].into())].into()
+    };
+    c.set_peer_counts([("b".to_string(), counts(100, 5)), ("c".to_string(), counts(50, 0))].into());
+    assert_eq!((c.counted("web", "v2").requests, c.counted("web", "v2").failures), (150, 5));
+    // b restarted (its counts went down): what it counted before stays counted.
+    c.set_peer_counts([("b".to_string(), counts(10, 1))].into());
+    assert_eq!((c.counted("web", "v2").requests, c.counted("web", "v2").failures), (160, 6));
+    c.set_peer_counts([("b".to_string(), counts(30, 1))].into());
+    assert_eq!(c.counted("web", "v2").requests, 180, "the sum only grows");
+}

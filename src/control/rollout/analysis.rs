@@ -36,8 +36,8 @@ use statrs::distribution::{ContinuousCDF, Normal};
 
 use crate::data::sketch::{BUCKETS, Histogram, bucket, middle};
 
-/// One version's traffic over a window.
-#[derive(Debug, Clone, Default, PartialEq)]
+/// One version's traffic over a window (or, as replicas report it, since they started).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct Sample {
     /// Requests answered (any status).
     pub requests: u64,
@@ -46,6 +46,9 @@ pub struct Sample {
     /// Time to response head.
     pub latency: Histogram,
 }
+
+/// Every version's counts, per app, as a replica reports them for the rollout leader.
+pub type Counts = std::collections::BTreeMap<String, std::collections::BTreeMap<String, Sample>>;
 
 impl Sample {
     /// Adds another replica's sample of the same window.

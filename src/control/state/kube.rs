@@ -37,6 +37,9 @@ pub const KEY: &str = "state.json";
 pub const LEASE_LABEL: &str = "weir.dev/state";
 const SEQUENCE_ANNOTATION: &str = "weir.dev/applied-sequence";
 const REVISIONS_ANNOTATION: &str = "weir.dev/applied-revisions";
+/// This replica's per-version counts (requests, failures, latency histogram) since it started,
+/// which the rollout leader adds up: its verdict covers every replica's traffic.
+const COUNTS_ANNOTATION: &str = "weir.dev/counts";
 
 /// The ConfigMap store.
 #[derive(Debug)]
@@ -57,6 +60,8 @@ pub struct Leases {
     identity: String,
     duration: Duration,
     timeout: Duration,
+    /// Where this replica's per-version counts come from, reported for the rollout leader.
+    metrics: Option<crate::metrics::Metrics>,
 }
 
 /// The namespace: configured, else `$POD_NAMESPACE`, else the service account's, else
@@ -100,6 +105,7 @@ impl KubeStore {
             identity: identity.to_owned(),
             duration: cfg.lease_duration,
             timeout: cfg.api_timeout,
+            metrics: None,
         }
     }
 
@@ -270,6 +276,12 @@ impl kube::runtime::utils::Backoff for Backoff {
 }
 
 impl Leases {
+    /// Reports this replica's per-version counts too, from `metrics`.
+    pub fn with_metrics(mut self, metrics: crate::metrics::Metrics) -> Self {
+        self.metrics = Some(metrics);
+        self
+    }
+
     fn lease_name(&self) -> String {
         let mut name = format!("{}-{}", self.state, self.identity.to_ascii_lowercase());
         name.truncate(253);
@@ -287,10 +299,14 @@ impl Leases {
     pub async fn report(&self, applied: &Applied) -> Result<(), String> {
         let name = self.lease_name();
         let now = MicroTime(Timestamp::now());
-        let annotations = BTreeMap::from([
+        let mut annotations = BTreeMap::from([
             (SEQUENCE_ANNOTATION.to_owned(), applied.sequence.to_string()),
             (REVISIONS_ANNOTATION.to_owned(), serde_json::to_string(&applied.revisions).expect("serializes")),
         ]);
+        if let Some(metrics) = &self.metrics {
+            annotations
+                .insert(COUNTS_ANNOTATION.to_owned(), serde_json::to_string(&metrics.counts()).expect("serializes"));
+        }
         let spec = |acquired: Option<MicroTime>| LeaseSpec {
             holder_identity: Some(self.identity.clone()),
             lease_duration_seconds: Some(self.duration.as_secs().clamp(1, i32::MAX as u64) as i32),
@@ -444,6 +460,17 @@ impl Leases {
                     return;
                 }
             }
+            // The leader adds every other replica's counts to its own.
+            if leading && let Ok(replicas) = self.list().await {
+                let counts = replicas
+                    .into_iter()
+                    .filter(|r| !r.this)
+                    .filter_map(|r| Some((r.name, serde_json::from_str(r.counts.as_deref()?).ok()?)))
+                    .collect();
+                if control.peer_counts(counts).await.is_err() {
+                    return;
+                }
+            }
             tokio::select! {
                 () = cancel.cancelled() => break,
                 () = tokio::time::sleep(every) => {}
@@ -486,6 +513,7 @@ impl Leases {
                         .unwrap_or_default(),
                     live: renewed + duration > now,
                     last_report: renewed,
+                    counts: annotations.get(COUNTS_ANNOTATION).cloned(),
                 }
             })
             .collect())

@@ -101,6 +101,11 @@ pub fn encode(
         }
         field(out, h.name.as_bytes(), h.value);
     }
+    // `TE: trailers` says the client takes trailers: passed on, as Weir passes them through
+    // (the general path does the same); other TE codings are hop-by-hop and go.
+    if tokens(values(req.headers, "te")).any(|t| t.eq_ignore_ascii_case(b"trailers")) {
+        field(out, b"te", b"trailers");
+    }
     if had_length || !body.is_empty() {
         out.extend_from_slice(b"content-length: ");
         number(out, body.len() as u64);
