@@ -129,11 +129,14 @@ fn main() -> ExitCode {
     }
 }
 
-/// Logs go to stderr, filtered by `RUST_LOG` (default `info`). Colour codes only when stderr
+/// Logs go to stderr, filtered by `RUST_LOG` (default `info`, rustls's own at `error`). Colour codes only when stderr
 /// is a terminal (and `NO_COLOR` is unset): in a file, a pipe or a cluster's log collector
 /// they are noise in every line.
 fn init_logs(format: LogFormat) {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into());
+    // rustls warns on every handshake of a client that sends an IP address as SNI (wrk,
+    // many health checkers): a client's quirk, not an operator's concern, and a log line per
+    // handshake. Weir logs what matters of a handshake itself.
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info,rustls=error".into());
     let logs = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
     match format {
         LogFormat::Text => {
