@@ -102,6 +102,16 @@ start be2 "$WEIR" backend --addr 127.0.0.1:${B[2]} --name bench-v2-0 --version v
 start be3 "$WEIR" backend --addr 127.0.0.1:${B[3]} --name bench-v2-1 --version v2
 for p in "${B[@]}"; do wait_port "$p"; done
 
+# The same proxying on the plain and the TLS server.
+NGINX_LOCATION='    location / {
+      proxy_pass http://split;
+      proxy_http_version 1.1;
+      proxy_set_header Connection "";
+      proxy_set_header Host $host;
+      proxy_set_header X-Forwarded-For $proxy_add_x_forwarded_for;
+      proxy_set_header X-Forwarded-Proto $scheme;
+      proxy_set_header X-Forwarded-Host $host;
+    }'
 cat >"$WORK/nginx.conf" <<CONF
 worker_processes 1;
 pid $WORK/nginx.pid;
@@ -118,15 +128,7 @@ http {
   }
   server {
     listen 127.0.0.1:$NGINX backlog=4096;
-    location / {
-      proxy_pass http://split;
-      proxy_http_version 1.1;
-      proxy_set_header Connection "";
-      proxy_set_header Host \$host;
-      proxy_set_header X-Forwarded-For \$proxy_add_x_forwarded_for;
-      proxy_set_header X-Forwarded-Proto \$scheme;
-      proxy_set_header X-Forwarded-Host \$host;
-    }
+$NGINX_LOCATION
   }
   server {
     listen 127.0.0.1:$NGINXS ssl http2 backlog=4096;
@@ -136,15 +138,7 @@ http {
     # nginx closes a connection after 1,000 requests by default (h2 streams included), which
     # h2load counts as failures: the others have no such limit.
     keepalive_requests 10000000;
-    location / {
-      proxy_pass http://split;
-      proxy_http_version 1.1;
-      proxy_set_header Connection "";
-      proxy_set_header Host \$host;
-      proxy_set_header X-Forwarded-For \$proxy_add_x_forwarded_for;
-      proxy_set_header X-Forwarded-Proto \$scheme;
-      proxy_set_header X-Forwarded-Host \$host;
-    }
+$NGINX_LOCATION
   }
 }
 CONF

@@ -43,6 +43,32 @@ versions.v2.endpoints = [{{ name = "v2-0", addr = "{}" }}]
     )
 }
 
+/// The stand-in API server with an empty state ConfigMap, two backends, and three
+/// `weir serve` replicas (`weir-a`, `-b`, `-c`) on it, ready; `extra` is appended to each
+/// replica's config.
+async fn three_replicas(extra: &str) -> (std::sync::Arc<FakeKube>, [Backend; 2], Vec<tempfile::TempDir>, Vec<Weir>) {
+    let fake = FakeKube::start(Duration::from_secs(30)).await;
+    fake.apply(&ConfigMap {
+        metadata: ObjectMeta {
+            name: Some("weir-state".into()),
+            namespace: Some("default".into()),
+            ..Default::default()
+        },
+        ..Default::default()
+    });
+    let (v1, v2) = (Backend::spawn("v1-0", "v1").await, Backend::spawn("v2-0", "v2").await);
+    let dirs: Vec<_> = (0..3).map(|_| tempfile::tempdir().unwrap()).collect();
+    let mut replicas: Vec<Weir> = (0..3)
+        .map(|i| Weir::spawn(dirs[i].path(), &format!("{}{extra}", config(&fake.url(), NAMES[i], &v1, &v2)), &[]))
+        .collect();
+    for w in &mut replicas {
+        w.ready().await;
+    }
+    (fake, [v1, v2], dirs, replicas)
+}
+
+const NAMES: [&str; 3] = ["weir-a", "weir-b", "weir-c"];
+
 async fn revision(client: &Client, weir: &Weir) -> Option<u64> {
     let req = http::Request::get(format!("{}/apps/web", weir.admin)).body(Default::default()).unwrap();
     client.send(req).await.ok().and_then(|r| r.json()["revision"].as_u64())
@@ -80,23 +106,7 @@ async fn put(client: &Client, weir: &Weir, query: &str, body: String, if_match: 
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn three_replicas_share_one_split() {
-    let fake = FakeKube::start(Duration::from_secs(30)).await;
-    fake.apply(&ConfigMap {
-        metadata: ObjectMeta {
-            name: Some("weir-state".into()),
-            namespace: Some("default".into()),
-            ..Default::default()
-        },
-        ..Default::default()
-    });
-    let (v1, v2) = (Backend::spawn("v1-0", "v1").await, Backend::spawn("v2-0", "v2").await);
-    let dirs: Vec<_> = (0..3).map(|_| tempfile::tempdir().unwrap()).collect();
-    let names = ["weir-a", "weir-b", "weir-c"];
-    let mut replicas: Vec<Weir> =
-        (0..3).map(|i| Weir::spawn(dirs[i].path(), &config(&fake.url(), names[i], &v1, &v2), &[])).collect();
-    for w in &mut replicas {
-        w.ready().await;
-    }
+    let (fake, _backends, _dirs, mut replicas) = three_replicas("").await;
     let client = Client::new();
     // 32 clients: 11, 11 and 10 per replica.
     let mut loads: Vec<Option<Load>> =
@@ -229,26 +239,9 @@ async fn three_replicas_share_one_split() {
 /// the stored step. Clients of the two survivors see no failed request.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_rollout_leader_dies_and_another_continues_from_the_same_step() {
-    let fake = FakeKube::start(Duration::from_secs(30)).await;
-    fake.apply(&ConfigMap {
-        metadata: ObjectMeta {
-            name: Some("weir-state".into()),
-            namespace: Some("default".into()),
-            ..Default::default()
-        },
-        ..Default::default()
-    });
-    let (v1, v2) = (Backend::spawn("v1-0", "v1").await, Backend::spawn("v2-0", "v2").await);
     let plan = "[apps.web.rollout]\n\
         plans.steps = [{ set_weight = 20 }, { pause = \"6s\" }, { set_weight = 60 }, { pause = \"1h\" }]\n";
-    let dirs: Vec<_> = (0..3).map(|_| tempfile::tempdir().unwrap()).collect();
-    let names = ["weir-a", "weir-b", "weir-c"];
-    let mut replicas: Vec<Weir> = (0..3)
-        .map(|i| Weir::spawn(dirs[i].path(), &format!("{}{plan}", config(&fake.url(), names[i], &v1, &v2)), &[]))
-        .collect();
-    for w in &mut replicas {
-        w.ready().await;
-    }
+    let (fake, _backends, _dirs, mut replicas) = three_replicas(plan).await;
     let client = Client::new();
     let r = client
         .call("POST", &format!("{}/apps/web/rollouts", replicas[1].admin), r#"{"canary":"v2","plan":"steps"}"#)
@@ -263,7 +256,7 @@ async fn the_rollout_leader_dies_and_another_continues_from_the_same_step() {
     }
     let leader = fake.get_raw("leases", "default", "weir-state-rollouts").expect("a leader Lease");
     let holder = leader["spec"]["holderIdentity"].as_str().unwrap().to_owned();
-    let dead = names.iter().position(|n| *n == holder).unwrap();
+    let dead = NAMES.iter().position(|n| *n == holder).unwrap();
     let survivors: Vec<usize> = (0..3).filter(|&i| i != dead).collect();
     let loads: Vec<Load> = survivors.iter().map(|&i| Load::start(&replicas[i].traffic, 4, 1_000_000)).collect();
     replicas[dead].kill9();
@@ -303,27 +296,10 @@ async fn the_rollout_leader_dies_and_another_continues_from_the_same_step() {
 /// still judged, from the counts the others report in their Leases, and rolled back.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_leader_judges_the_traffic_of_every_replica() {
-    let fake = FakeKube::start(Duration::from_secs(30)).await;
-    fake.apply(&ConfigMap {
-        metadata: ObjectMeta {
-            name: Some("weir-state".into()),
-            namespace: Some("default".into()),
-            ..Default::default()
-        },
-        ..Default::default()
-    });
-    let (v1, v2) = (Backend::spawn("v1-0", "v1").await, Backend::spawn("v2-0", "v2").await);
-    v2.fail_tenth();
     let plan = "[apps.web.rollout]\ncriteria = { min_requests = 20 }\n\
         plans.steps = [{ set_weight = 50 }, { analyze = \"2s\" }, { set_weight = 100 }]\n";
-    let dirs: Vec<_> = (0..3).map(|_| tempfile::tempdir().unwrap()).collect();
-    let names = ["weir-a", "weir-b", "weir-c"];
-    let mut replicas: Vec<Weir> = (0..3)
-        .map(|i| Weir::spawn(dirs[i].path(), &format!("{}{plan}", config(&fake.url(), names[i], &v1, &v2)), &[]))
-        .collect();
-    for w in &mut replicas {
-        w.ready().await;
-    }
+    let (fake, [_v1, v2], _dirs, mut replicas) = three_replicas(plan).await;
+    v2.fail_tenth();
     let start = Instant::now();
     let holder = loop {
         if let Some(l) = fake.get_raw("leases", "default", "weir-state-rollouts") {
@@ -332,7 +308,7 @@ async fn the_leader_judges_the_traffic_of_every_replica() {
         assert!(start.elapsed() < Duration::from_secs(10), "nobody took rollout leadership");
         tokio::time::sleep(Duration::from_millis(50)).await;
     };
-    let leader = names.iter().position(|n| *n == holder).unwrap();
+    let leader = NAMES.iter().position(|n| *n == holder).unwrap();
     let others: Vec<usize> = (0..3).filter(|&i| i != leader).collect();
     let loads: Vec<Load> = others.iter().map(|&i| Load::start(&replicas[i].traffic, 4, 1_000_000)).collect();
     let client = Client::new();
@@ -343,8 +319,9 @@ async fn the_leader_judges_the_traffic_of_every_replica() {
     let url = format!("{}/apps/web/rollout", replicas[leader].admin);
     let mut last = serde_json::Value::Null;
     while start.elapsed() < Duration::from_secs(40) {
+        // (The leader learns of the rollout through the store's watch: "no rollout" at first.)
         last = client.get(&url).await.json();
-        if last["phase"] != "progressing" {
+        if ["rolled_back", "succeeded", "aborted"].iter().any(|p| last["phase"] == *p) {
             break;
         }
         tokio::time::sleep(Duration::from_millis(100)).await;

@@ -111,12 +111,18 @@ async fn start_rollout(client: &Client, admin: &str, body: Value) -> Value {
     r.json()
 }
 
+/// Two backends (v1, v2) and Weir in front at 100/0 with `rollout` in its config:
+/// backends, Weir, traffic URL, admin URL, a client.
+async fn rig(rollout: &str) -> ([Backend; 2], weir::Running, String, String, Client) {
+    let (v1, v2) = (Backend::spawn("v1-0", "v1").await, Backend::spawn("v2-0", "v2").await);
+    let weir = common::start(&config(&v1, &v2, rollout)).await;
+    let (url, admin) = common::urls(&weir);
+    ([v1, v2], weir, url, admin, Client::new())
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_healthy_canary_walks_every_step_to_100() {
-    let (v1, v2) = (Backend::spawn("v1-0", "v1").await, Backend::spawn("v2-0", "v2").await);
-    let weir = common::start(&config(&v1, &v2, FAST)).await;
-    let (url, admin) = common::urls(&weir);
-    let client = Client::new();
+    let (_backends, weir, url, admin, client) = rig(FAST).await;
     let load = Load::start(url, 200);
     let started = start_rollout(&client, &admin, json!({ "canary": "v2" })).await;
     assert_eq!((started["phase"].as_str(), started["stable"].as_str()), (Some("progressing"), Some("v1")));
@@ -137,11 +143,8 @@ async fn a_healthy_canary_walks_every_step_to_100() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_canary_failing_10_percent_is_rolled_back_and_stable_fails_nothing() {
-    let (v1, v2) = (Backend::spawn("v1-0", "v1").await, Backend::spawn("v2-0", "v2").await);
+    let ([_v1, v2], weir, url, admin, client) = rig(FAST).await;
     v2.fail_tenth();
-    let weir = common::start(&config(&v1, &v2, FAST)).await;
-    let (url, admin) = common::urls(&weir);
-    let client = Client::new();
     let load = Load::start(url, 200);
     start_rollout(&client, &admin, json!({ "canary": "v2" })).await;
     let r = until(&client, &admin, Duration::from_secs(40), |r| r["phase"] != "progressing").await;
@@ -166,12 +169,9 @@ async fn a_canary_failing_10_percent_is_rolled_back_and_stable_fails_nothing() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_canary_3x_slower_than_stable_is_rolled_back() {
-    let (v1, v2) = (Backend::spawn("v1-0", "v1").await, Backend::spawn("v2-0", "v2").await);
+    let ([v1, v2], weir, url, admin, client) = rig(FAST).await;
     v1.set_delay(Duration::from_millis(5));
     v2.set_delay(Duration::from_millis(15));
-    let weir = common::start(&config(&v1, &v2, FAST)).await;
-    let (url, admin) = common::urls(&weir);
-    let client = Client::new();
     let load = Load::start(url, 200);
     start_rollout(&client, &admin, json!({ "canary": "v2" })).await;
     let r = until(&client, &admin, Duration::from_secs(40), |r| r["phase"] != "progressing").await;
@@ -184,10 +184,7 @@ async fn a_canary_3x_slower_than_stable_is_rolled_back() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn at_one_request_a_second_nothing_is_decided_before_the_minimum_sample() {
-    let (v1, v2) = (Backend::spawn("v1-0", "v1").await, Backend::spawn("v2-0", "v2").await);
-    let weir = common::start(&config(&v1, &v2, FAST)).await;
-    let (url, admin) = common::urls(&weir);
-    let client = Client::new();
+    let (_backends, weir, url, admin, client) = rig(FAST).await;
     let load = Load::start(url, 1);
     start_rollout(&client, &admin, json!({ "canary": "v2" })).await;
     tokio::time::sleep(Duration::from_secs(4)).await;
@@ -202,11 +199,8 @@ async fn at_one_request_a_second_nothing_is_decided_before_the_minimum_sample() 
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn operator_calls_and_a_manual_change_pause_it() {
-    let (v1, v2) = (Backend::spawn("v1-0", "v1").await, Backend::spawn("v2-0", "v2").await);
     let plan = "[apps.web.rollout]\nplans.slow = [{ set_weight = 10 }, { pause = \"1h\" }, { set_weight = 100 }]\n";
-    let weir = common::start(&config(&v1, &v2, plan)).await;
-    let (_, admin) = common::urls(&weir);
-    let client = Client::new();
+    let (_backends, weir, _, admin, client) = rig(plan).await;
     let call = |what: &str| {
         let (client, url) = (client.clone(), format!("{admin}/apps/web/rollout/{what}"));
         async move { client.call("POST", &url, "").await }
