@@ -154,8 +154,8 @@ mod tests {
         encode(&req, host, b"127.0.0.1", "http", b"", &mut out);
         assert_eq!(
             String::from_utf8(out).unwrap(),
-            "GET /a?b=1 HTTP/1.1\r\nHost: app.local\r\nAccept: */*\r\nx-forwarded-for: 203.0.113.9, 127.0.0.1\r\n\
-             x-forwarded-proto: http\r\nx-forwarded-host: app.local\r\n\r\n"
+            "GET /a?b=1 HTTP/1.1\r\nHost: app.local\r\nAccept: */*\r\nte: trailers\r\n\
+             x-forwarded-for: 203.0.113.9, 127.0.0.1\r\nx-forwarded-proto: http\r\nx-forwarded-host: app.local\r\n\r\n"
         );
     }
 
