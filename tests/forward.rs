@@ -202,7 +202,7 @@ async fn rewrites_request_heads_like_the_general_path() {
     let body = got.split_once("\r\n\r\n").unwrap().1;
     assert_eq!(
         body,
-        "GET /headers?q=1 HTTP/1.1\r\nHost: app.local:8080\r\nX-Keep: yes\r\n\
+        "GET /headers?q=1 HTTP/1.1\r\nHost: app.local:8080\r\nX-Keep: yes\r\nte: trailers\r\n\
          x-forwarded-for: 203.0.113.9, 127.0.0.1\r\nx-forwarded-proto: http\r\nx-forwarded-host: app.local:8080\r\n\r\n"
     );
     weir.shutdown().await;
