@@ -565,6 +565,12 @@ pub struct StickyConfig {
     /// Salt of the hash; the same on every replica. Default: the app's name.
     #[serde(default)]
     pub salt: Option<String>,
+    /// Whether a client with neither the header nor the cookie gets a random key in the
+    /// cookie (`Set-Cookie`, a year, `HttpOnly; SameSite=Lax`, `Secure` over TLS), so its
+    /// bucket follows it across addresses and replicas instead of its address's. Needs
+    /// `cookie`. Default false.
+    #[serde(default)]
+    pub set_cookie: bool,
 }
 
 /// What to do with a version's share when none of its endpoints is healthy.

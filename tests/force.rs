@@ -205,3 +205,38 @@ fn bad_rules_are_refused_with_their_field() {
         assert!(err.contains(field), "{rule}: {err}");
     }
 }
+
+/// `set_cookie`: a client with no key gets one in the cookie (on either listener path: the
+/// fast path hands that first request to the general one), and keeps its version with it;
+/// a client that has the cookie gets no new one.
+#[tokio::test]
+async fn clients_without_a_key_get_a_sticky_cookie() {
+    let (v1, v2) = (Backend::spawn("v1-0", "v1").await, Backend::spawn("v2-0", "v2").await);
+    for fast in [true, false] {
+        let sticky = "sticky = { cookie = \"uid\", set_cookie = true }\n";
+        let text = with_fast_path(config(&[("v1", &[&v1]), ("v2", &[&v2])], &[("v1", 50), ("v2", 50)], sticky), fast);
+        let weir = start(&text).await;
+        let (traffic, _) = urls(&weir);
+        let client = Client::new();
+        let mut seen = std::collections::BTreeSet::new();
+        for _ in 0..20 {
+            let first = get_with(&client, &traffic, &[]).await;
+            let set = first.headers.get("set-cookie").expect("a cookie for a client without one").to_str().unwrap();
+            assert!(set.starts_with("uid=") && set.contains("HttpOnly") && set.contains("Path=/"), "{set}");
+            let pair = set.split(';').next().unwrap().to_owned();
+            for _ in 0..5 {
+                let again = get_with(&client, &traffic, &[("cookie", &pair)]).await;
+                assert_eq!(again.version(), first.version(), "{pair}, fast_path = {fast}");
+                assert!(again.headers.get("set-cookie").is_none(), "a client with the cookie gets no new one");
+            }
+            seen.insert(first.version().to_owned());
+        }
+        assert_eq!(seen.len(), 2, "20 new clients spread over both versions: {seen:?}");
+        weir.shutdown().await;
+    }
+    let bad = "[admin]\naddr = \"127.0.0.1:0\"\n[listeners.main]\naddr = \"127.0.0.1:0\"\n[apps.web]\nlistener = \"main\"\n\
+               split = { v1 = 1 }\nsticky = { header = \"x-user\", set_cookie = true }\n\
+               versions.v1.endpoints = [{ name = \"a\", addr = \"127.0.0.1:1\" }]\n";
+    let err = weir::Config::parse(bad, "test").expect_err("set_cookie without a cookie").to_string();
+    assert!(err.contains("apps.web.sticky.set_cookie"), "{err}");
+}

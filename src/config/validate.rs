@@ -266,6 +266,9 @@ fn validate_versions(app_name: &str, app: &super::AppConfig, out: &mut Vec<Probl
         {
             out.push(problem(format!("apps.{app_name}.sticky.header"), format!("{h:?} is not a header name")));
         }
+        if sticky.set_cookie && sticky.cookie.is_none() {
+            out.push(problem(format!("apps.{app_name}.sticky.set_cookie"), "needs sticky.cookie: the cookie to set"));
+        }
         if let Some(c) = &sticky.cookie
             && !is_cookie_name(c)
         {

@@ -140,7 +140,10 @@ fn build_app(
         force_header: app.force_header,
         sticky: app.sticky.as_ref().map(|s| {
             let header = s.header.as_deref().and_then(|h| http::HeaderName::from_bytes(h.as_bytes()).ok());
-            crate::data::split::Sticky::new(header, s.cookie.as_deref(), s.salt.as_deref().unwrap_or(name))
+            let mut sticky =
+                crate::data::split::Sticky::new(header, s.cookie.as_deref(), s.salt.as_deref().unwrap_or(name));
+            sticky.set_cookie = s.set_cookie && s.cookie.is_some();
+            sticky
         }),
         force: force_rules(app),
         plain_upstream: transport.is_plain_http1(),

@@ -152,10 +152,22 @@ impl Proxy {
         let snap = self.snapshot.load_full();
         let authority = req.uri().authority().map(|a| a.as_str());
         let host = authority.or_else(|| req.headers().get(header::HOST).and_then(|h| h.to_str().ok()));
-        let (app, version, endpoint) = match self.pick(&snap, host, Fields::Map(req.headers()), &client) {
-            Ok(picked) => picked,
+        let fields = Fields::Map(req.headers());
+        let app = match self.route(&snap, host) {
+            Ok(app) => app,
             Err(e) => return error_response(&e),
         };
+        // A client with no sticky key gets one, in a cookie, when the app says so: its bucket
+        // then follows it across addresses and replicas.
+        let fresh_key = app.sticky.as_ref().filter(|s| s.set_cookie && sticky_key(s, fields).is_none()).map(|s| {
+            let key = format!("{:016x}", fastrand::u64(..));
+            (key, s.cookie.clone().unwrap_or_default())
+        });
+        let (app, version, endpoint) =
+            match Self::pick_in(app, fields, &client, fresh_key.as_ref().map(|k| k.0.as_bytes())) {
+                Ok(picked) => picked,
+                Err(e) => return error_response(&e),
+            };
 
         let (mut parts, body) = req.into_parts();
         // An absolute-form target (or HTTP/2's :authority) names the host: the request is
@@ -223,6 +235,13 @@ impl Proxy {
                     parts.headers.insert(header::CONNECTION, header::HeaderValue::from_static("close"));
                 }
                 let lease = if check.reusable { lease } else { lease.no_reuse() };
+                if let Some((key, name)) = &fresh_key {
+                    let secure = if self.proto == "https" { "; Secure" } else { "" };
+                    let cookie = format!("{name}={key}; Path=/; Max-Age=31536000; HttpOnly; SameSite=Lax{secure}");
+                    if let Ok(v) = header::HeaderValue::from_str(&cookie) {
+                        parts.headers.append(header::SET_COOKIE, v);
+                    }
+                }
                 Response::from_parts(
                     parts,
                     ResponseBody::upstream(body, lease, in_flight, endpoint.client.timeouts.read),
@@ -301,20 +320,6 @@ impl Proxy {
         Response::from_parts(parts, ResponseBody::Local(None))
     }
 
-    /// The app, version and endpoint for a request to `host`, or why there is none (counted).
-    /// Routing reads the request's `fields` only when the app asks: `X-Weir-Version`
-    /// (forcing), the sticky key's header or cookie.
-    fn pick<'s>(
-        &self,
-        snap: &'s Snapshot,
-        host: Option<&str>,
-        fields: Fields<'_>,
-        client: &Peer,
-    ) -> Result<(&'s App, &'s Version, &'s Endpoint), ProxyError> {
-        let app = self.route(snap, host)?;
-        Self::pick_in(app, fields, client)
-    }
-
     /// The app for a request to `host`, or why there is none (counted).
     fn route<'s>(&self, snap: &'s Snapshot, host: Option<&str>) -> Result<&'s App, ProxyError> {
         snap.route(self.listener, host).ok_or_else(|| {
@@ -324,24 +329,27 @@ impl Proxy {
     }
 
     /// The version and endpoint of `app` for a request, or why there is none (counted).
+    /// `fresh_key`: the sticky key just made for a client that had none.
     fn pick_in<'s>(
         app: &'s App,
         fields: Fields<'_>,
         client: &Peer,
+        fresh_key: Option<&[u8]>,
     ) -> Result<(&'s App, &'s Version, &'s Endpoint), ProxyError> {
         app.upstream.budget.record_request();
+        let unforced = |excluded| unforced(app, fields, client, fresh_key, excluded);
         let (version, endpoint) = match forced(app, fields) {
-            Ok(None) => unforced(app, fields, client, None),
+            Ok(None) => unforced(None),
             Ok(Some(Forced::Into(i))) => {
                 let v = &app.versions[i];
                 match v.pool.pick() {
                     // Forced: never spilled elsewhere, unless the app says to fall back.
-                    None if app.force_fallback => unforced(app, fields, client, None),
+                    None if app.force_fallback => unforced(None),
                     picked => (v, picked),
                 }
             }
-            Ok(Some(Forced::OutOf(i))) => unforced(app, fields, client, Some(i)),
-            Err(_) if app.force_fallback => unforced(app, fields, client, None),
+            Ok(Some(Forced::OutOf(i))) => unforced(Some(i)),
+            Err(_) if app.force_fallback => unforced(None),
             Err(name) => return Err(ProxyError::UnknownVersion(String::from_utf8_lossy(name).into_owned())),
         };
         let Some(endpoint) = endpoint else {
@@ -486,17 +494,13 @@ fn unforced<'s>(
     app: &'s App,
     fields: Fields<'_>,
     client: &Peer,
+    fresh_key: Option<&[u8]>,
     excluded: Option<usize>,
 ) -> (&'s Version, Option<&'s Endpoint>) {
     let unit = match &app.sticky {
         None => app.split.next_unit(),
         Some(sticky) => {
-            let key = sticky
-                .header
-                .as_ref()
-                .and_then(|h| fields.first(h.as_str().as_bytes()))
-                .or_else(|| fields.cookie(sticky.cookie.as_deref()?))
-                .unwrap_or_else(|| client.ip.as_bytes());
+            let key = sticky_key(sticky, fields).or(fresh_key).unwrap_or_else(|| client.ip.as_bytes());
             sticky.unit(key)
         }
     };
@@ -508,6 +512,16 @@ fn unforced<'s>(
             None => (&app.versions[out], None),
         },
     }
+}
+
+/// A request's sticky key: its header, else its cookie.
+#[inline]
+fn sticky_key<'a>(sticky: &crate::data::split::Sticky, fields: Fields<'a>) -> Option<&'a [u8]> {
+    sticky
+        .header
+        .as_ref()
+        .and_then(|h| fields.first(h.as_str().as_bytes()))
+        .or_else(|| fields.cookie(sticky.cookie.as_deref()?))
 }
 
 /// The version at `index` of the weight line and a healthy endpoint in it. When the chosen

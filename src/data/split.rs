@@ -122,6 +122,8 @@ pub struct Sticky {
     pub header: Option<http::HeaderName>,
     /// The cookie that carries it, if any (checked after the header).
     pub cookie: Option<Box<str>>,
+    /// Whether a client with no key gets one in that cookie (`Set-Cookie` on its response).
+    pub set_cookie: bool,
     keys: (u64, u64),
 }
 
@@ -133,7 +135,12 @@ impl Sticky {
             h.write(salt.as_bytes());
             h.finish()
         };
-        Sticky { header, cookie: cookie.map(Into::into), keys: (derive(0x5745_4952), derive(0x7374_6963_6b79)) }
+        Sticky {
+            header,
+            cookie: cookie.map(Into::into),
+            set_cookie: false,
+            keys: (derive(0x5745_4952), derive(0x7374_6963_6b79)),
+        }
     }
 
     /// The point of the weight line (as a fraction of 2^64) a key lands on.

@@ -227,16 +227,21 @@ impl Proxy {
         };
         let Some(body) = buf.get(len..len + body) else { return Step::Incomplete(len + body) };
         let len = len + body.len();
+        let fields = super::Fields::Raw(req.headers);
         let picked = self.route(snap, host).and_then(|app| {
             if !app.plain_upstream {
-                return Ok(None);
+                return Ok(Err("the app's endpoints speak HTTP/2 or TLS"));
             }
-            Self::pick_in(app, super::Fields::Raw(req.headers), peer).map(Some)
+            // A client to give a sticky cookie: the general path sets it (once per client).
+            if app.sticky.as_ref().is_some_and(|s| s.set_cookie && super::sticky_key(s, fields).is_none()) {
+                return Ok(Err("a sticky cookie to set"));
+            }
+            Self::pick_in(app, fields, peer, None).map(Ok)
         });
         match picked {
-            Ok(None) => Step::Fallback("the app's endpoints speak HTTP/2 or TLS"),
+            Ok(Err(why)) => Step::Fallback(why),
             Err(e) => Step::Answer { len, close, head, resp: super::error_response(&e) },
-            Ok(Some((app, version, endpoint))) => {
+            Ok(Ok((app, version, endpoint))) => {
                 request::encode(&req, host, peer.ip.as_bytes(), self.proto, body, out);
                 if let Some(mirror) = &app.mirror
                     && mirror.wants_for(app, version)
