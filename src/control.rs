@@ -1102,7 +1102,7 @@ pub enum RolloutCall {
 
 /// Milliseconds since the Unix epoch: a rollout's times are stored, and read by other
 /// replicas and by this one after a restart.
-fn unix_ms() -> u64 {
+pub(crate) fn unix_ms() -> u64 {
     std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
 }
 

@@ -69,7 +69,7 @@ pub async fn spawn_backend_with(
             "/__weir/ids" => ids.lock().expect("not poisoned").clone().into(),
             _ => {
                 let n = hits.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                if failing > 0 && n.wrapping_mul(0x9E37_79B9_7F4A_7C15) < failing {
+                if failing > 0 && n.wrapping_mul(crate::data::split::GOLDEN) < failing {
                     status = StatusCode::INTERNAL_SERVER_ERROR;
                     bytes::Bytes::from(format!("demo failure (--fail) from {}", String::from_utf8_lossy(&hello)))
                 } else {

@@ -19,10 +19,6 @@ use tokio::sync::Semaphore;
 
 use crate::data::snapshot::App;
 
-/// 2^64 / φ: successive requests' points on [0, 1) are as evenly spread as they can be, so
-/// the mirrored share is exact over any window, as the split's is.
-const GOLDEN: u64 = 0x9E37_79B9_7F4A_7C15;
-
 /// The header every mirrored copy carries, so the mirror can tell it is one.
 pub const MIRROR_HEADER: &str = "x-weir-mirror";
 
@@ -84,7 +80,9 @@ impl Mirror {
     /// Whether the next request is copied (one relaxed add).
     #[inline]
     pub fn wants(&self) -> bool {
-        let point = self.next.fetch_add(1, Ordering::Relaxed).wrapping_mul(GOLDEN);
+        // Successive requests' points are as evenly spread as the split's: the mirrored share
+        // is exact over any window.
+        let point = self.next.fetch_add(1, Ordering::Relaxed).wrapping_mul(crate::data::split::GOLDEN);
         point < self.threshold || self.threshold == u64::MAX
     }
 
@@ -156,10 +154,14 @@ impl Mirror {
 
 /// A request as Weir's codec wrote it for the upstream (head and whole body), as a request
 /// for the mirror: the same target, fields and body. Framing fields go: hyper frames the copy.
-pub fn from_wire(wire: &[u8]) -> Option<Request<Bytes>> {
+/// `None` when it cannot be read back or its body is over `max_body`.
+pub fn from_wire(wire: &[u8], max_body: usize) -> Option<Request<Bytes>> {
     let mut headers = [httparse::EMPTY_HEADER; crate::data::http1::MAX_HEADERS];
     let mut parsed = httparse::Request::new(&mut headers);
     let httparse::Status::Complete(len) = parsed.parse(wire).ok()? else { return None };
+    if wire.len() - len > max_body {
+        return None;
+    }
     let mut req = Request::builder().method(parsed.method?).uri(parsed.path?);
     for h in parsed.headers.iter() {
         let framing = ["connection", "content-length", "transfer-encoding", "keep-alive"];
@@ -182,7 +184,8 @@ mod tests {
     #[test]
     fn a_wire_request_becomes_the_same_request() {
         let wire = b"POST /a?b=1 HTTP/1.1\r\nHost: web\r\nContent-Length: 5\r\nX-Forwarded-For: 1.2.3.4\r\n\r\nhello";
-        let req = from_wire(wire).unwrap();
+        let req = from_wire(wire, 5).unwrap();
+        assert!(from_wire(wire, 4).is_none(), "a body over max_body is not copied");
         assert_eq!((req.method().as_str(), req.uri().to_string().as_str()), ("POST", "/a?b=1"));
         assert_eq!(req.headers()["host"], "web");
         assert_eq!(req.headers()["x-forwarded-for"], "1.2.3.4");

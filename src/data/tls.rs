@@ -209,23 +209,27 @@ fn read(path: &Path) -> Result<Vec<u8>, TlsError> {
     std::fs::read(path).map_err(|source| TlsError::Read { path: path.to_owned(), source })
 }
 
-fn fingerprint(sources: &[CertificateConfig]) -> Result<u64, TlsError> {
+/// Every source's certificate and key file, as bytes.
+fn read_all(sources: &[CertificateConfig]) -> Result<Vec<(Vec<u8>, Vec<u8>)>, TlsError> {
+    sources.iter().map(|s| Ok((read(&s.cert)?, read(&s.key)?))).collect()
+}
+
+/// A hash of the files' bytes: what tells a change.
+fn hash_files(files: &[(Vec<u8>, Vec<u8>)]) -> u64 {
     let mut h = std::collections::hash_map::DefaultHasher::new();
-    for s in sources {
-        read(&s.cert)?.hash(&mut h);
-        read(&s.key)?.hash(&mut h);
-    }
-    Ok(h.finish())
+    files.hash(&mut h);
+    h.finish()
+}
+
+fn fingerprint(sources: &[CertificateConfig]) -> Result<u64, TlsError> {
+    read_all(sources).map(|files| hash_files(&files))
 }
 
 fn load(sources: &[CertificateConfig], provider: &Arc<CryptoProvider>) -> Result<Loaded, TlsError> {
-    let mut h = std::collections::hash_map::DefaultHasher::new();
+    let files = read_all(sources)?;
     let mut keys = Vec::with_capacity(sources.len());
-    for s in sources {
-        let (cert_pem, key_pem) = (read(&s.cert)?, read(&s.key)?);
-        cert_pem.hash(&mut h);
-        key_pem.hash(&mut h);
-        let chain = CertificateDer::pem_slice_iter(&cert_pem)
+    for (s, (cert_pem, key_pem)) in sources.iter().zip(&files) {
+        let chain = CertificateDer::pem_slice_iter(cert_pem)
             .collect::<Result<Vec<_>, _>>()
             .map_err(|e| TlsError::Pem { path: s.cert.clone(), what: format!("not PEM certificates: {e}") })?;
         if chain.is_empty() {
@@ -234,7 +238,7 @@ fn load(sources: &[CertificateConfig], provider: &Arc<CryptoProvider>) -> Result
                 what: "no certificate (-----BEGIN CERTIFICATE-----) in it".into(),
             });
         }
-        let key = PrivateKeyDer::from_pem_slice(&key_pem).map_err(|e| TlsError::Pem {
+        let key = PrivateKeyDer::from_pem_slice(key_pem).map_err(|e| TlsError::Pem {
             path: s.key.clone(),
             what: format!("no private key (PKCS#8, PKCS#1 or SEC1 PEM) in it: {e}"),
         })?;
@@ -247,5 +251,5 @@ fn load(sources: &[CertificateConfig], provider: &Arc<CryptoProvider>) -> Result
     if keys.is_empty() {
         return Err(TlsError::Setup("no certificates configured".into()));
     }
-    Ok(Loaded { keys, fingerprint: h.finish(), by_name: RwLock::new(HashMap::new()) })
+    Ok(Loaded { keys, fingerprint: hash_files(&files), by_name: RwLock::new(HashMap::new()) })
 }

@@ -72,18 +72,7 @@ impl Transport {
             None => None,
             Some(n) => Some(ServerName::try_from(n.clone()).map_err(|e| format!("server_name {n:?}: {e}"))?),
         };
-        let provider = Arc::new(rustls::crypto::ring::default_provider());
-        let mut client = rustls::ClientConfig::builder_with_provider(provider)
-            .with_safe_default_protocol_versions()
-            .map_err(|e| e.to_string())?
-            .with_root_certificates(roots)
-            .with_no_client_auth();
-        client.alpn_protocols = match config.protocol {
-            UpstreamProtocol::Http1 => vec![b"http/1.1".to_vec()],
-            UpstreamProtocol::Http2 => vec![b"h2".to_vec()],
-        };
-        let connector = tokio_rustls::TlsConnector::from(Arc::new(client));
-        Ok(Transport { config: config.clone(), tls: Some((connector, server_name)) })
+        Ok(Transport { config: config.clone(), tls: Some((connector(roots, config.protocol), server_name)) })
     }
 
     /// The transport `config` asks for, or, when its CA bundle cannot be used (a file gone
@@ -92,13 +81,8 @@ impl Transport {
     pub fn of_or_refusing(config: &UpstreamConfig) -> Self {
         Self::of(config).unwrap_or_else(|e| {
             tracing::error!("upstream TLS unusable, every connection will fail: {e}");
-            let provider = Arc::new(rustls::crypto::ring::default_provider());
-            let client = rustls::ClientConfig::builder_with_provider(provider)
-                .with_safe_default_protocol_versions()
-                .expect("the default protocol versions are supported")
-                .with_root_certificates(rustls::RootCertStore::empty())
-                .with_no_client_auth();
-            Transport { config: config.clone(), tls: Some((tokio_rustls::TlsConnector::from(Arc::new(client)), None)) }
+            let connector = connector(rustls::RootCertStore::empty(), config.protocol);
+            Transport { config: config.clone(), tls: Some((connector, None)) }
         })
     }
 
@@ -106,6 +90,21 @@ impl Transport {
     pub fn is_plain_http1(&self) -> bool {
         self.tls.is_none() && self.config.protocol == UpstreamProtocol::Http1
     }
+}
+
+/// A TLS client trusting `roots`, offering `protocol` by ALPN.
+fn connector(roots: rustls::RootCertStore, protocol: UpstreamProtocol) -> tokio_rustls::TlsConnector {
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut client = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .expect("ring supports the default protocol versions")
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    client.alpn_protocols = match protocol {
+        UpstreamProtocol::Http1 => vec![b"http/1.1".to_vec()],
+        UpstreamProtocol::Http2 => vec![b"h2".to_vec()],
+    };
+    tokio_rustls::TlsConnector::from(Arc::new(client))
 }
 
 /// The keep-alive HTTP/1.1 connections to one endpoint. Each endpoint has its own, so when an

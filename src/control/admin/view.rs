@@ -75,7 +75,7 @@ fn rfc3339(t: std::time::SystemTime) -> String {
 
 /// An app's rollout: where it is, how long it has been in its step, the analysis so far.
 pub fn rollout(app: &str, r: &crate::control::rollout::Rollout) -> Value {
-    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64);
+    let now = crate::control::unix_ms();
     let current = r.steps.get(r.step).map(ToString::to_string);
     let at = |ms: u64| {
         let t = std::time::UNIX_EPOCH + std::time::Duration::from_millis(ms);

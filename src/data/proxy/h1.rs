@@ -246,7 +246,7 @@ impl Proxy {
                 if let Some(mirror) = &app.mirror
                     && mirror.wants_for(app, version)
                 {
-                    match crate::data::mirror::from_wire(out).filter(|r| r.body().len() <= mirror.max_body) {
+                    match crate::data::mirror::from_wire(out, mirror.max_body) {
                         Some(copy) => mirror.send(app, copy),
                         None => mirror.skip(),
                     }

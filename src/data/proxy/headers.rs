@@ -19,7 +19,12 @@ pub(super) static HOP_BY_HOP: [HeaderName; 8] = [
 /// Removes hop-by-hop fields, including every field the `Connection` header lists, except
 /// the fields that frame or route the message: a listed `Content-Length`, `Transfer-Encoding`
 /// or `Host` is refused before it gets here (HTTP/1), and Weir derives the framing it sends.
+/// `TE: trailers` stays (as `te: trailers` alone): it says the client takes trailers, which
+/// Weir passes through, and gRPC requires it; other TE codings go.
 pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
+    let te_trailers = headers.get_all(header::TE).iter().any(|v| {
+        crate::data::http1::tokens(std::iter::once(v.as_bytes())).any(|t| t.eq_ignore_ascii_case(b"trailers"))
+    });
     // Only the rare request with `Connection: foo, bar` pays for collecting the names.
     if headers.contains_key(header::CONNECTION) {
         let values = headers.get_all(header::CONNECTION).iter().map(HeaderValue::as_bytes);
@@ -33,6 +38,9 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
     }
     for name in &HOP_BY_HOP {
         headers.remove(name);
+    }
+    if te_trailers {
+        headers.insert(header::TE, HeaderValue::from_static("trailers"));
     }
 }
 

@@ -90,10 +90,16 @@ pub fn encode(
         out.extend_from_slice(part);
     }
     let conn = connection(req.headers);
-    let mut had_length = false;
+    let (mut had_length, mut te_trailers) = (false, false);
     for h in req.headers.iter() {
         if h.name.eq_ignore_ascii_case("content-length") {
             had_length = true;
+            continue;
+        }
+        // `TE: trailers` says the client takes trailers: passed on (alone), as the general
+        // path's `strip_hop_by_hop` does; other TE codings are hop-by-hop and go.
+        if h.name.eq_ignore_ascii_case("te") {
+            te_trailers |= tokens(std::iter::once(h.value)).any(|t| t.eq_ignore_ascii_case(b"trailers"));
             continue;
         }
         if is_hop_by_hop(h.name) || is_x_forwarded(h.name) || listed(&conn, req.headers, h.name) {
@@ -101,9 +107,7 @@ pub fn encode(
         }
         field(out, h.name.as_bytes(), h.value);
     }
-    // `TE: trailers` says the client takes trailers: passed on, as Weir passes them through
-    // (the general path does the same); other TE codings are hop-by-hop and go.
-    if tokens(values(req.headers, "te")).any(|t| t.eq_ignore_ascii_case(b"trailers")) {
+    if te_trailers {
         field(out, b"te", b"trailers");
     }
     if had_length || !body.is_empty() {
