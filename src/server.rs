@@ -162,9 +162,6 @@ pub async fn start_with(config: Config, path: Option<std::path::PathBuf>) -> Res
     // precedes readiness. (A cancelled token is a one-shot latch every listener can await.)
     let open = CancellationToken::new();
     let mut listeners = BTreeMap::new();
-    // Upgraded connections run as the listeners' tasks: shutdown waits for them too.
-    let tunnels =
-        Arc::new(crate::data::proxy::Tunnels { tracker: traffic.clone(), stop: traffic_cancel.clone(), grace });
     // Listener indexes follow the config's (sorted) listener order, as the snapshot's do.
     for (index, (name, listener_config, socket)) in sockets.into_iter().enumerate() {
         let listener_name = name.clone();
@@ -178,7 +175,14 @@ pub async fn start_with(config: Config, path: Option<std::path::PathBuf>) -> Res
         let conns = listener::Connections { limits, metrics: metrics.listener(&listener_name), tls };
         let proxy = Proxy::new(snapshot.clone(), &metrics, index, &conns.metrics, listener_config.fast_path);
         let proxy = if https { proxy.https() } else { proxy };
-        let proxy = proxy.with_tunnels(Arc::clone(&tunnels));
+        // Upgraded connections run as the listeners' tasks (shutdown waits for them too), at
+        // most as many as the listener's connections.
+        let proxy = proxy.with_tunnels(Arc::new(crate::data::proxy::Tunnels {
+            tracker: traffic.clone(),
+            stop: traffic_cancel.clone(),
+            grace,
+            slots: Arc::new(tokio::sync::Semaphore::new(listener_config.max_connections)),
+        }));
         // Weir's codec reads and checks every HTTP/1 head; it forwards the requests without a
         // body or with a small one itself, and hands the rest to hyper one at a time.
         let forward = Some(proxy.clone());

@@ -172,3 +172,36 @@ async fn shutdown_gives_open_websockets_the_grace_period() {
     let end = tokio::time::timeout(Duration::from_secs(5), ws.next()).await.expect("the tunnel closes");
     assert!(!matches!(end, Some(Ok(Message::Text(_)))), "{end:?}");
 }
+
+/// An upgraded connection leaves the listener's connection count, so open tunnels are capped
+/// at the listener's `max_connections` on their own: one more upgrade is answered 503, and
+/// a closed tunnel frees its place.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn open_tunnels_are_bounded_by_max_connections() {
+    let (v1, v2) = (ws_backend("v1").await, ws_backend("v2").await);
+    let weir = common::start(&config(v1, v2, (1, 0), "max_connections = 2")).await;
+    let addr = weir.listeners["main"];
+    let (mut a, mut b) = (open(addr).await, open(addr).await);
+    assert_eq!(echo(&mut a, "a").await, "v1:a");
+    assert_eq!(echo(&mut b, "b").await, "v1:b");
+    match tokio_tungstenite::connect_async(format!("ws://{addr}/chat")).await {
+        Err(tokio_tungstenite::tungstenite::Error::Http(resp)) => assert_eq!(resp.status(), 503),
+        other => panic!("a third tunnel was let in: {:?}", other.map(|(_, r)| r.status())),
+    }
+    a.close(None).await.unwrap();
+    drop(a);
+    let mut third = None;
+    for _ in 0..50 {
+        if let Ok((ws, _)) = tokio_tungstenite::connect_async(format!("ws://{addr}/chat")).await {
+            third = Some(ws);
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let mut c = third.expect("a closed tunnel frees its place");
+    assert_eq!(echo(&mut c, "c").await, "v1:c");
+    for mut w in [b, c] {
+        w.close(None).await.unwrap();
+    }
+    weir.shutdown().await;
+}

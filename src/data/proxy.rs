@@ -104,6 +104,9 @@ pub struct Tunnels {
     pub stop: tokio_util::sync::CancellationToken,
     /// How long they may last after `stop`.
     pub grace: std::time::Duration,
+    /// Tunnels open at most (the listener's `max_connections`): an upgraded connection has
+    /// left the listener's connection count, and must not escape every bound.
+    pub slots: Arc<tokio::sync::Semaphore>,
 }
 
 impl Proxy {
@@ -176,15 +179,7 @@ impl Proxy {
             parts.headers.insert(header::HOST, auth);
         }
         let path = parts.uri.path_and_query().cloned().unwrap_or_else(|| PathAndQuery::from_static("/"));
-        // `TE: trailers` says the client takes trailers (gRPC requires it): passed on, as
-        // Weir passes trailers through. Any other TE coding is hop-by-hop and goes.
-        let te_trailers = parts.headers.get_all(header::TE).iter().any(|v| {
-            crate::data::http1::tokens(std::iter::once(v.as_bytes())).any(|t| t.eq_ignore_ascii_case(b"trailers"))
-        });
         strip_hop_by_hop(&mut parts.headers);
-        if te_trailers {
-            parts.headers.insert(header::TE, header::HeaderValue::from_static("trailers"));
-        }
         set_forwarded(&mut parts.headers, &client.ip, self.proto, parts.uri.authority().map(|a| a.as_str()));
         // An HTTP/1.0 request may come without `Host`; it goes upstream as HTTP/1.1, which
         // needs one: the endpoint's address, as nginx's `$proxy_host`.
@@ -270,6 +265,19 @@ impl Proxy {
         parts.version = http::Version::HTTP_11;
         parts.headers.insert(header::UPGRADE, protocol);
         parts.headers.insert(header::CONNECTION, header::HeaderValue::from_static("upgrade"));
+        let slot = match &self.tunnels {
+            None => None,
+            Some(t) => match Arc::clone(&t.slots).try_acquire_owned() {
+                Ok(slot) => Some(slot),
+                Err(_) => {
+                    tracing::warn!(app = %app.name, "upgrade refused: the listener's tunnels are all in use");
+                    let mut resp = Response::new(ResponseBody::local("weir: too many open tunnels\n"));
+                    *resp.status_mut() = StatusCode::SERVICE_UNAVAILABLE;
+                    version.metrics.record(resp.status(), None);
+                    return resp;
+                }
+            },
+        };
         let req = Request::from_parts(parts, Either::Right(Full::default()));
         let in_flight = crate::data::pool::InFlight::start(&endpoint.state);
         let tried = Instant::now();
@@ -312,7 +320,14 @@ impl Proxy {
         parts.headers.insert(header::UPGRADE, switched_to);
         parts.headers.insert(header::CONNECTION, header::HeaderValue::from_static("upgrade"));
         let names = (Arc::clone(&app.name), Arc::clone(&version.name));
-        let run = join(on_client, on_upstream, version.metrics.tunnels.clone(), in_flight, names, self.tunnels.clone());
+        let run = join(
+            on_client,
+            on_upstream,
+            version.metrics.tunnels.clone(),
+            (in_flight, slot),
+            names,
+            self.tunnels.clone(),
+        );
         match &self.tunnels {
             Some(t) => drop(t.tracker.spawn(run)),
             None => drop(tokio::spawn(run)),
@@ -549,7 +564,7 @@ async fn join(
     on_client: hyper::upgrade::OnUpgrade,
     on_upstream: hyper::upgrade::OnUpgrade,
     open: prometheus::IntGauge,
-    in_flight: crate::data::pool::InFlight,
+    held: (crate::data::pool::InFlight, Option<tokio::sync::OwnedSemaphorePermit>),
     (app, version): (Arc<str>, Arc<str>),
     tunnels: Option<Arc<Tunnels>>,
 ) {
@@ -580,5 +595,5 @@ async fn join(
         () = stopped => tracing::info!(%app, %version, "tunnel closed at the end of the shutdown grace period"),
     }
     open.dec();
-    drop(in_flight);
+    drop(held);
 }
