@@ -209,13 +209,16 @@ fn read(path: &Path) -> Result<Vec<u8>, TlsError> {
     std::fs::read(path).map_err(|source| TlsError::Read { path: path.to_owned(), source })
 }
 
+/// Each source's certificate file and key file, as bytes.
+type Files = Vec<(Vec<u8>, Vec<u8>)>;
+
 /// Every source's certificate and key file, as bytes.
-fn read_all(sources: &[CertificateConfig]) -> Result<Vec<(Vec<u8>, Vec<u8>)>, TlsError> {
+fn read_all(sources: &[CertificateConfig]) -> Result<Files, TlsError> {
     sources.iter().map(|s| Ok((read(&s.cert)?, read(&s.key)?))).collect()
 }
 
 /// A hash of the files' bytes: what tells a change.
-fn hash_files(files: &[(Vec<u8>, Vec<u8>)]) -> u64 {
+fn hash_files(files: &Files) -> u64 {
     let mut h = std::collections::hash_map::DefaultHasher::new();
     files.hash(&mut h);
     h.finish()
