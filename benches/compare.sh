@@ -194,9 +194,11 @@ endpoints = [{ name = "bench-v2-0", addr = "127.0.0.1:${B[2]}" }, { name = "benc
 $2
 CONF
 }
-weir_config "" "" >"$WORK/weir.toml"
-# The same app on a TLS listener, for the TLS rounds.
-cat >>"$WORK/weir.toml" <<CONF
+weir_config "" "" >"$WORK/weir-plain.toml"
+cp "$WORK/weir-plain.toml" "$WORK/weir.toml"
+# The same app on a TLS listener, for the TLS rounds (not for BASELINE: an older build may
+# not have TLS).
+if [ "$TLS" = 1 ]; then cat >>"$WORK/weir.toml" <<CONF
 [listeners.tls]
 addr = "127.0.0.1:$WEIRS"
 [listeners.tls.tls]
@@ -207,13 +209,15 @@ split = { v1 = 90, v2 = 10 }
 versions.v1.endpoints = [{ name = "bench-v1-0", addr = "127.0.0.1:${B[0]}" }, { name = "bench-v1-1", addr = "127.0.0.1:${B[1]}" }]
 versions.v2.endpoints = [{ name = "bench-v2-0", addr = "127.0.0.1:${B[2]}" }, { name = "bench-v2-1", addr = "127.0.0.1:${B[3]}" }]
 CONF
+fi
 
 start nginx nginx -c "$WORK/nginx.conf" -g 'daemon off;'
 start haproxy haproxy -f "$WORK/haproxy.cfg" -db
 start weir "$WEIR" serve --config "$WORK/weir.toml"
-for p in $NGINX $HAPROXY $WEIRP $NGINXS $HAPROXYS $WEIRS; do wait_port "$p"; done
+for p in $NGINX $HAPROXY $WEIRP $NGINXS $HAPROXYS; do wait_port "$p"; done
+[ "$TLS" = 1 ] && wait_port $WEIRS
 if [ -n "$BASELINE" ]; then
-  sed -e "s/:$WEIRP\"/:$WEIRB\"/" -e "s/:$WADMIN\"/:$WBADMIN\"/" "$WORK/weir.toml" >"$WORK/weir-base.toml"
+  sed -e "s/:$WEIRP\"/:$WEIRB\"/" -e "s/:$WADMIN\"/:$WBADMIN\"/" "$WORK/weir-plain.toml" >"$WORK/weir-base.toml"
   start weir-base "$BASELINE" serve --config "$WORK/weir-base.toml"
   wait_port $WEIRB
 fi
