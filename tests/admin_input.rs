@@ -18,13 +18,15 @@ use serde_json::Value;
 /// The admin deadline for a request head and for a request body (see `control/admin.rs`).
 const DEADLINE: Duration = Duration::from_secs(10);
 
-/// What a refused input must not change: the app's revision and weights, its history, and the
-/// generation of the stored snapshot.
+/// What a refused input must not change: the app's revision and weights, its history, its
+/// rollout, and the generation of the stored snapshot.
 #[derive(Debug, PartialEq)]
 struct State {
     revision: Value,
     weights: Value,
     history: Value,
+    /// `GET /apps/web/rollout`: none, or the last one's phase and step.
+    rollout: Value,
     generation: u64,
 }
 
@@ -35,6 +37,7 @@ async fn state(client: &Client, admin: &str, weir: &weir::Running) -> State {
         revision: app["revision"].clone(),
         weights: app["weights"].clone(),
         history,
+        rollout: client.get(&format!("{admin}/apps/web/rollout")).await.json(),
         generation: weir.snapshot.load().generation,
     }
 }
@@ -422,7 +425,9 @@ async fn truncated_bodies_and_heads_are_not_held() {
 #[derive(Debug, Clone)]
 enum Input {
     /// A request a real client (hyper's) sends: any method, path, content type and body bytes.
-    Http { method: String, path: String, content_type: Option<String>, body: Vec<u8> },
+    /// `must_refuse`: the body breaks a rule the generator knows of (a malformed rollout step),
+    /// so taking it is a failure.
+    Http { method: String, path: String, content_type: Option<String>, body: Vec<u8>, must_refuse: bool },
     /// Bytes on a new connection, for what no well-behaved client sends. `refuse`: they break
     /// a rule, so the answer must be a refusal.
     Raw { what: String, bytes: Vec<u8>, refuse: bool },
@@ -571,7 +576,66 @@ fn http_input(rng: &mut fastrand::Rng) -> Input {
         6..=8 => value(rng, 3),
         _ => String::new(),
     };
-    Input::Http { method: method.into(), path, content_type, body: damaged(rng, body) }
+    Input::Http { method: method.into(), path, content_type, body: damaged(rng, body), must_refuse: false }
+}
+
+/// Plan steps, each with whether Weir must take it.
+const STEPS: [(&str, bool); 21] = [
+    (r#"{"set_weight":20}"#, true),
+    (r#"{"set_weight":100}"#, true),
+    (r#"{"pause":"manual"}"#, true),
+    (r#"{"pause":"1h"}"#, true),
+    (r#"{"analyze":"1m"}"#, true),
+    (r#"[20]"#, false),
+    (r#"["1h"]"#, false),
+    (r#"{"set_weight":20,"junk":1}"#, false),
+    (r#"{"set_weight":20,"pause":"1s"}"#, false),
+    (r#"{"weight":20}"#, false),
+    (r#"{}"#, false),
+    (r#"{"set_weight":101}"#, false),
+    (r#"{"set_weight":-1}"#, false),
+    (r#"{"set_weight":"20"}"#, false),
+    (r#"{"set_weight":20.5}"#, false),
+    (r#"{"set_weight":1e400}"#, false),
+    (r#"{"pause":"soon"}"#, false),
+    (r#"{"analyze":60}"#, false),
+    (r#"{"set_weight":20,"set_weight":30}"#, false),
+    ("null", false),
+    ("20", false),
+];
+
+/// `POST /apps/web/rollouts` with a plan of steps drawn from [`STEPS`] (or a name), some
+/// malformed: a body with a malformed step must be refused, whatever else it holds.
+fn rollout_input(rng: &mut fastrand::Rng) -> Input {
+    let canary = pick(rng, &["\"v2\"", "\"v2\"", "\"v2\"", "\"v1\"", "\"v3\"", "2", "[\"v2\"]"]);
+    let stable = match rng.u8(..4) {
+        0 => String::new(),
+        _ => format!(",\"stable\":{}", pick(rng, &["\"v1\"", "\"v1\"", "\"v2\"", "null", "\"v9\""])),
+    };
+    let mut must_refuse = false;
+    let plan = match rng.u8(..8) {
+        0 => ",\"plan\":\"canary\"".to_string(),
+        1 => format!(",\"plan\":{}", pick(rng, &["\"nope\"", "{}", "7", "[]", "[[]]"])),
+        _ => {
+            let steps: Vec<&str> = (0..rng.usize(1..5))
+                .map(|_| {
+                    let (step, good) = STEPS[rng.usize(..STEPS.len())];
+                    must_refuse |= !good;
+                    step
+                })
+                .collect();
+            format!(",\"plan\":[{}]", steps.join(","))
+        }
+    };
+    let extra = if rng.u8(..8) == 0 { ",\"junk\":1" } else { "" };
+    let body = format!("{{\"canary\":{canary}{stable}{plan}{extra}}}");
+    Input::Http {
+        method: "POST".into(),
+        path: "/apps/web/rollouts".into(),
+        content_type: Some("application/json".into()),
+        body: body.into_bytes(),
+        must_refuse,
+    }
 }
 
 /// A raw `PUT /apps/web/split` that would change the weights if it were accepted, broken in
@@ -696,7 +760,7 @@ enum Outcome {
 
 async fn send(admin: &str, addr: SocketAddr, input: &Input) -> Result<Outcome, String> {
     match input {
-        Input::Http { method, path, content_type, body } => {
+        Input::Http { method, path, content_type, body, must_refuse } => {
             // A connection of its own: a refused or unread body closes it.
             let client = Client::new();
             let mut b = Request::builder().method(method.as_str()).uri(format!("{admin}{path}"));
@@ -705,6 +769,9 @@ async fn send(admin: &str, addr: SocketAddr, input: &Input) -> Result<Outcome, S
             }
             let r = client.send(b.body(Full::new(Bytes::from(body.clone()))).unwrap()).await?;
             if r.status.is_success() {
+                if *must_refuse {
+                    return Err(format!("a malformed body was taken: {} {}", r.status, r.body));
+                }
                 return Ok(Outcome::Accepted);
             }
             let ct = r.headers.get("content-type").and_then(|v| v.to_str().ok());
@@ -787,11 +854,16 @@ async fn fuzz_refusals_are_json_and_change_nothing() {
 
     let mut state_now = state(&client, &admin, &weir).await;
     let (mut accepted, mut changes, mut statuses) = (0, 0, std::collections::BTreeMap::<u16, usize>::new());
+    let mut rollouts = 0;
     let mut failures = Vec::new();
     for i in 0..cases {
-        let input = if rng.u8(..3) == 0 { raw_input(&mut rng) } else { http_input(&mut rng) };
+        let input = match rng.u8(..12) {
+            0..=3 => raw_input(&mut rng),
+            4..=5 => rollout_input(&mut rng),
+            _ => http_input(&mut rng),
+        };
         let show = || match &input {
-            Input::Http { method, path, content_type, body } => {
+            Input::Http { method, path, content_type, body, .. } => {
                 format!("#{i} {method} {path} {content_type:?} {:?}", String::from_utf8_lossy(body))
             }
             Input::Raw { what, bytes, .. } => {
@@ -802,6 +874,12 @@ async fn fuzz_refusals_are_json_and_change_nothing() {
         match send(&admin, weir.admin, &input).await {
             Ok(Outcome::Accepted) => {
                 accepted += 1;
+                if matches!(&input, Input::Http { path, .. } if path.ends_with("/rollouts")) {
+                    // A rollout started: stop it, so that the state holds still again.
+                    let r = client.call("POST", &format!("{admin}/apps/web/rollout/abort"), "").await;
+                    assert_eq!(r.status, 200, "abort: {}", r.body);
+                    rollouts += 1;
+                }
                 state_now = state(&client, &admin, &weir).await;
             }
             Ok(Outcome::Refused(status)) => {
@@ -827,7 +905,8 @@ async fn fuzz_refusals_are_json_and_change_nothing() {
     let refused: usize = statuses.values().sum();
     println!(
         "seed {seed}: {cases} cases, {accepted} accepted, {refused} refused in the JSON shape {statuses:?}, \
-         {changes} changes by refusals; 8 truncated bodies: {answered} answered in JSON, {closed} closed"
+         {changes} changes by refusals; {rollouts} rollouts started (and aborted); 8 truncated bodies: \
+         {answered} answered in JSON, {closed} closed"
     );
     assert!(failures.is_empty(), "seed {seed}: {} failures:\n{}", failures.len(), failures.join("\n"));
     assert!(refused > cases / 2, "seed {seed}: only {refused} of {cases} refused: the generator lost its edge");

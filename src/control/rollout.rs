@@ -17,9 +17,8 @@ use serde::{Deserialize, Serialize};
 
 use analysis::{Criteria, Sample, Verdict};
 
-/// One step of a plan.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(untagged)]
+/// One step of a plan: in JSON and TOML an object with exactly one of the keys below.
+#[derive(Debug, Clone, PartialEq)]
 pub enum Step {
     /// The canary's share, in percent (the stable version gets the rest).
     SetWeight {
@@ -29,37 +28,107 @@ pub enum Step {
     /// Waits for a duration, or (`"manual"`) until resumed.
     Pause {
         /// How long; `None` until `resume`.
-        #[serde(with = "pause")]
         pause: Option<Duration>,
     },
     /// Judges the canary against stable over a window of this length; the window grows until
     /// both have the minimum sample.
     Analyze {
         /// The window.
-        #[serde(with = "humantime_serde")]
         analyze: Duration,
     },
 }
 
-mod pause {
-    use std::time::Duration;
+const STEP_KEYS: &[&str] = &["set_weight", "pause", "analyze"];
 
-    use serde::{Deserialize, Deserializer, Serializer};
-
-    pub fn serialize<S: Serializer>(d: &Option<Duration>, s: S) -> Result<S::Ok, S::Error> {
-        match d {
-            None => s.serialize_str("manual"),
-            Some(d) => s.serialize_str(&humantime::format_duration(*d).to_string()),
+impl Serialize for Step {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeMap;
+        let mut map = s.serialize_map(Some(1))?;
+        match self {
+            Step::SetWeight { set_weight } => map.serialize_entry("set_weight", set_weight)?,
+            Step::Pause { pause: None } => map.serialize_entry("pause", "manual")?,
+            Step::Pause { pause: Some(d) } => {
+                map.serialize_entry("pause", &humantime::format_duration(*d).to_string())?
+            }
+            Step::Analyze { analyze } => {
+                map.serialize_entry("analyze", &humantime::format_duration(*analyze).to_string())?
+            }
         }
+        map.end()
+    }
+}
+
+/// Read strictly: an object (serde's derive would also take an array for a struct), one key
+/// of [`STEP_KEYS`], nothing else in it, so a typo in a plan is refused and not guessed at.
+impl<'de> Deserialize<'de> for Step {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Step, D::Error> {
+        d.deserialize_map(StepVisitor)
+    }
+}
+
+struct StepVisitor;
+
+impl<'de> serde::de::Visitor<'de> for StepVisitor {
+    type Value = Step;
+
+    fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(r#"a step: {"set_weight": 0-100}, {"pause": "5m" or "manual"} or {"analyze": "5m"}"#)
     }
 
-    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::Error> {
+    fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<Step, A::Error> {
+        use serde::de::Error;
+        let Some(key) = map.next_key::<String>()? else {
+            return Err(A::Error::custom(format!("an empty step; expected {}", Expected(self))));
+        };
+        let step = match key.as_str() {
+            "set_weight" => Step::SetWeight { set_weight: map.next_value()? },
+            "pause" => Step::Pause { pause: map.next_value::<PauseValue>()?.0 },
+            "analyze" => Step::Analyze { analyze: map.next_value::<DurationValue>()?.0 },
+            other => return Err(A::Error::unknown_field(other, STEP_KEYS)),
+        };
+        if let Some(extra) = map.next_key::<String>()? {
+            return Err(A::Error::custom(format!("a step has one key, and {extra:?} is a second one after {key:?}")));
+        }
+        Ok(step)
+    }
+}
+
+/// A visitor's `expecting`, as text.
+struct Expected(StepVisitor);
+
+impl std::fmt::Display for Expected {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        serde::de::Visitor::expecting(&self.0, f)
+    }
+}
+
+/// A humantime duration (`"90s"`, `"5m"`).
+struct DurationValue(Duration);
+
+impl<'de> Deserialize<'de> for DurationValue {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let text = String::deserialize(d)?;
+        parse_duration(&text).map(DurationValue).map_err(serde::de::Error::custom)
+    }
+}
+
+/// A pause: a duration or `"manual"` (`None`).
+struct PauseValue(Option<Duration>);
+
+impl<'de> Deserialize<'de> for PauseValue {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         let text = String::deserialize(d)?;
         if text == "manual" {
-            return Ok(None);
+            return Ok(PauseValue(None));
         }
-        humantime::parse_duration(&text).map(Some).map_err(serde::de::Error::custom)
+        parse_duration(&text)
+            .map(|d| PauseValue(Some(d)))
+            .map_err(|e| serde::de::Error::custom(format!("{e}, or \"manual\"")))
     }
+}
+
+fn parse_duration(text: &str) -> Result<Duration, String> {
+    humantime::parse_duration(text).map_err(|e| format!("{text:?} is not a duration like \"90s\" or \"5m\" ({e})"))
 }
 
 impl std::fmt::Display for Step {
@@ -361,6 +430,8 @@ fn since(now: &Sample, then: &Sample) -> Sample {
 
 #[cfg(test)]
 mod tests {
+    use std::collections::BTreeMap;
+
     use super::*;
     use crate::data::sketch::Histogram;
 
@@ -407,6 +478,29 @@ mod tests {
         for name in ["canary", "ramped", "blue_green"] {
             check_plan(&preset(name).unwrap()).unwrap();
         }
+    }
+
+    #[test]
+    fn steps_of_any_other_shape_are_refused() {
+        for (bad, says) in [
+            (r#"[20]"#, "invalid type"),
+            (r#"{"set_weight":20,"junk":1}"#, "second one"),
+            (r#"{"set_weight":20,"pause":"1s"}"#, "second one"),
+            (r#"{"weight":20}"#, "unknown field `weight`"),
+            (r#"{}"#, "an empty step"),
+            (r#""20""#, "invalid type"),
+            (r#"{"set_weight":-1}"#, "invalid value"),
+            (r#"{"set_weight":"20"}"#, "invalid type"),
+            (r#"{"pause":"soon"}"#, "not a duration like"),
+            (r#"{"analyze":5}"#, "invalid type"),
+        ] {
+            let e = serde_json::from_str::<Step>(bad).expect_err(bad).to_string();
+            assert!(e.contains(says), "{bad}: {e}");
+        }
+        let toml: BTreeMap<String, Vec<Step>> =
+            toml::from_str("p = [{ set_weight = 5 }, { pause = \"manual\" }]").unwrap();
+        assert_eq!(toml["p"], vec![Step::SetWeight { set_weight: 5 }, Step::Pause { pause: None }]);
+        assert!(toml::from_str::<BTreeMap<String, Vec<Step>>>("p = [{ set_weight = 5, x = 1 }]").is_err());
     }
 
     #[test]

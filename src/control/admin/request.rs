@@ -49,13 +49,37 @@ pub struct RolloutBody {
 }
 
 /// A plan in a start call: a name or the steps themselves.
-#[derive(Debug, Deserialize)]
-#[serde(untagged)]
+#[derive(Debug)]
 pub enum PlanBody {
     /// One of the app's plans, or a preset.
     Named(String),
     /// The steps.
     Steps(Vec<crate::control::rollout::Step>),
+}
+
+/// A string or an array of steps, each step read strictly (a refusal names `plan[i]`), where
+/// `#[serde(untagged)]` would only say that nothing matched.
+impl<'de> Deserialize<'de> for PlanBody {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct PlanVisitor;
+        impl<'de> serde::de::Visitor<'de> for PlanVisitor {
+            type Value = PlanBody;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("a plan's name or an array of steps")
+            }
+            fn visit_str<E: serde::de::Error>(self, name: &str) -> Result<PlanBody, E> {
+                Ok(PlanBody::Named(name.to_owned()))
+            }
+            fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<PlanBody, A::Error> {
+                let mut steps = Vec::new();
+                while let Some(step) = seq.next_element()? {
+                    steps.push(step);
+                }
+                Ok(PlanBody::Steps(steps))
+            }
+        }
+        d.deserialize_any(PlanVisitor)
+    }
 }
 
 /// `POST /apps/{app}/promote`.
