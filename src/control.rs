@@ -278,7 +278,7 @@ impl Control {
                 }
                 other => other?,
             };
-            let must_write = control.reconcile(loaded.doc.as_ref());
+            let must_write = control.reconcile(loaded.doc.as_ref(), loaded.floor);
             control.stored = loaded.version;
             if !must_write {
                 control.publish();
@@ -305,10 +305,10 @@ impl Control {
 
     /// Takes a stored document (or none) as this replica's state at start: see
     /// [`Control::open`]. Returns whether the store must be written to agree.
-    fn reconcile(&mut self, doc: Option<&Document>) -> bool {
+    fn reconcile(&mut self, doc: Option<&Document>, floor: u64) -> bool {
         let limit = self.config.admin.history_limit;
         let mut must_write = doc.is_none();
-        self.sequence = doc.map_or(0, |d| d.sequence);
+        self.sequence = doc.map_or(floor, |d| d.sequence);
         self.rollouts.clear();
         self.foreign = doc
             .map(|d| d.apps.iter().filter(|(a, _)| !self.config.apps.contains_key(*a)))

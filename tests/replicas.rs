@@ -140,6 +140,7 @@ async fn three_replicas_share_one_split() {
         times[times.len() / 2],
         times[times.len() - 1]
     );
+    assert!(times[times.len() - 1] < Duration::from_secs(1), "every change routed everywhere within 1 s: {times:?}");
 
     // ?wait=all answers once all three applied it: they route by it at once.
     let r = put(&client, &replicas[1], "?wait=all&timeout=10s", split(0, 100), None).await;
@@ -210,12 +211,39 @@ async fn three_replicas_share_one_split() {
         up.elapsed() - took
     );
 
-    // One replica killed (its clients stopped first: in a cluster the Service stops sending
-    // to it) and restarted: it comes back on the current split.
+    // One replica frozen (SIGSTOP; its clients stopped first): its Lease is still live, so
+    // ?wait=all waits for it, gives up after the timeout with 202 and names it.
     let report = loads[2].take().unwrap().stop().await;
     (ok, failed) = (ok + report.ok, failed + report.failed);
+    replicas[2].signal(nix::sys::signal::Signal::SIGSTOP);
+    let r = put(&client, &replicas[0], "?wait=all&timeout=500ms", split(25, 75), None).await;
+    replicas[2].signal(nix::sys::signal::Signal::SIGCONT);
+    assert_eq!(r.status, 202, "{}", r.body);
+    let body = r.json();
+    assert_eq!(body["wait"]["all_applied"], false, "{body}");
+    let laggards: Vec<_> = body["wait"]["laggards"].as_array().unwrap().iter().map(|l| l["name"].clone()).collect();
+    assert_eq!(laggards, [json!("weir-c")], "{body}");
+    let mut applied: Vec<_> = body["wait"]["applied"].as_array().unwrap().clone();
+    applied.sort_by_key(|v| v.to_string());
+    assert_eq!(applied, [json!("weir-a"), json!("weir-b")], "{body}");
+    let rev = body["revision"].as_u64().unwrap();
+    let took = converge(&client, &replicas, rev, Duration::from_secs(10)).await;
+    eprintln!(
+        "wait=all with weir-c frozen: 202 after {} ms naming it; it caught up {took:?} after SIGCONT",
+        body["wait"]["waited_ms"]
+    );
+    // GET /cluster shows what each replica applied.
+    let cluster = client.get(&format!("{}/cluster", replicas[0].admin)).await.json();
+    for r in cluster["replicas"].as_array().unwrap() {
+        assert!(r["sequence"].as_u64().unwrap() > 0 && r["last_report"].is_string(), "{cluster}");
+        assert!(r["revisions"]["web"].as_u64().is_some(), "{cluster}");
+    }
+
+    // One replica killed (its clients stopped first: in a cluster the Service stops sending
+    // to it) and restarted: it comes back on the current split.
     replicas[2].kill9();
     let r = put(&client, &replicas[0], "", split(20, 80), None).await;
+    assert_eq!(r.status, 200, "{}", r.body);
     let rev = r.json()["revision"].as_u64().unwrap();
     replicas[2].start();
     replicas[2].ready().await;
@@ -334,5 +362,74 @@ async fn the_leader_judges_the_traffic_of_every_replica() {
     assert!(canary["requests"].as_u64().unwrap() >= 20, "judged from the others' counts: {last:#}");
     for w in &mut replicas {
         w.stop().await;
+    }
+}
+
+/// The shared state becomes unreadable under three running replicas (a bad hand edit): they
+/// keep routing by what they applied and refuse changes (503); a replica restarting on it
+/// refuses to start and says how to recover; restarted with `on_unreadable =
+/// "start_from_config"` it sets the text aside and starts from the file's split, with a state
+/// sequence above every replica's, so the two that kept running adopt it and take changes
+/// again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unreadable_shared_state_is_set_aside_and_every_replica_recovers() {
+    let (fake, _backends, _dirs, mut replicas) = three_replicas("").await;
+    let client = Client::new();
+    let loads: Vec<Load> = replicas[..2].iter().map(|w| Load::start(&w.traffic, 4, 1_000_000)).collect();
+    let mut rev = 0;
+    for i in 0..3u64 {
+        let r = put(&client, &replicas[0], "", split(30 + i, 70 - i), None).await;
+        assert_eq!(r.status, 200, "{}", r.body);
+        rev = r.json()["revision"].as_u64().unwrap();
+    }
+    converge(&client, &replicas, rev, Duration::from_secs(10)).await;
+
+    let mut cm: ConfigMap =
+        serde_json::from_value(fake.get_raw("configmaps", "default", "weir-state").unwrap()).unwrap();
+    cm.data.get_or_insert_default().insert("state.json".into(), "{\"format\": 1, \"sequence\": oops".into());
+    fake.apply(&cm);
+    let start = Instant::now();
+    loop {
+        let r = put(&client, &replicas[1], "", split(50, 50), None).await;
+        if r.status == 503 {
+            assert_eq!(r.json()["error"]["code"], "state_unavailable", "{}", r.body);
+            break;
+        }
+        assert!(start.elapsed() < Duration::from_secs(5), "changes still taken on an unreadable state: {}", r.body);
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    for w in &replicas[..2] {
+        assert_eq!(revision(&client, w).await, Some(rev), "routing stays as last applied");
+    }
+
+    // Restarted on it: refuses to start, naming the ConfigMap and the way out.
+    replicas[2].kill9();
+    replicas[2].start();
+    let status = replicas[2].exit().await;
+    assert!(!status.success());
+    let log = replicas[2].log();
+    assert!(log.contains("ConfigMap default/weir-state") && log.contains("start_from_config"), "{log}");
+
+    // Told to start from the config file: the text is kept aside, the file's split is in force.
+    let mut text = std::fs::read_to_string(&replicas[2].config).unwrap();
+    text.push_str("[state]\non_unreadable = \"start_from_config\"\n");
+    std::fs::write(&replicas[2].config, text).unwrap();
+    replicas[2].start();
+    replicas[2].ready().await;
+    let cm = fake.get_raw("configmaps", "default", "weir-state").unwrap();
+    let keys: Vec<&String> = cm["data"].as_object().unwrap().keys().collect();
+    assert!(keys.iter().any(|k| k.starts_with("state.json.unreadable-")), "{keys:?}");
+    let fresh = revision(&client, &replicas[2]).await.unwrap();
+    let app = client.get(&format!("{}/apps/web", replicas[2].admin)).await.json();
+    assert_eq!(app["weights"], json!({ "v1": 90, "v2": 10 }), "{app}");
+    // The two that kept running adopt it (its sequence is above theirs) and take changes again.
+    converge(&client, &replicas, fresh, Duration::from_secs(10)).await;
+    let r = put(&client, &replicas[1], "", split(60, 40), None).await;
+    assert_eq!(r.status, 200, "a replica that saw the unreadable state takes changes again: {}", r.body);
+    converge(&client, &replicas, r.json()["revision"].as_u64().unwrap(), Duration::from_secs(10)).await;
+    for load in loads {
+        let report = load.stop().await;
+        assert_eq!(report.failed, 0, "{:?}", report.errors);
+        assert!(report.ok > 0);
     }
 }

@@ -113,6 +113,10 @@ pub struct Loaded {
     pub doc: Option<Document>,
     /// Its version, to base the next write on.
     pub version: Version,
+    /// With no document: the highest state sequence any replica reports having applied (a
+    /// document set aside or removed by hand leaves replicas that applied a later one). A new
+    /// document continues above it, or those replicas would take it for an old one.
+    pub floor: u64,
 }
 
 /// The version of the stored document a write is based on: the ConfigMap's
@@ -150,8 +154,8 @@ impl Store {
     /// The stored document and its version.
     pub async fn load(&self) -> Result<Loaded, StoreError> {
         match self {
-            Store::Memory => Ok(Loaded { doc: None, version: None }),
-            Store::File(f) => f.load().await.map(|doc| Loaded { doc, version: None }),
+            Store::Memory => Ok(Loaded { doc: None, version: None, floor: 0 }),
+            Store::File(f) => f.load().await.map(|doc| Loaded { doc, version: None, floor: 0 }),
             #[cfg(feature = "kubernetes")]
             Store::Kube(k) => k.load().await,
         }

@@ -141,7 +141,21 @@ impl KubeStore {
         let doc = self.parse(&cm)?;
         let version = cm.metadata.resource_version.clone();
         *self.last.lock().expect("not poisoned") = Some(cm);
-        Ok(Loaded { doc, version })
+        let floor = if doc.is_none() { self.highest_applied().await? } else { 0 };
+        Ok(Loaded { doc, version, floor })
+    }
+
+    /// The highest state sequence in any replica's Lease (their reports outlive the document).
+    async fn highest_applied(&self) -> Result<u64, StoreError> {
+        let leases: Api<Lease> = Api::namespaced(self.api.clone().into_client(), &self.namespace);
+        let params = ListParams::default().labels(&format!("{LEASE_LABEL}={}", self.name));
+        let list = self.call("list the Leases of", leases.list(&params)).await?;
+        Ok(list
+            .items
+            .iter()
+            .filter_map(|l| l.metadata.annotations.as_ref()?.get(SEQUENCE_ANNOTATION)?.parse::<u64>().ok())
+            .max()
+            .unwrap_or(0))
     }
 
     /// The document a ConfigMap holds.
