@@ -274,14 +274,28 @@ async fn clients_that_keep_sending_through_the_drain_delay_see_no_failure() {
     let text = config(&[("v1", &[&b])], &[("v1", 1)], "")
         .replace("[listeners.main]", "[runtime]\ndrain_delay = \"2s\"\nshutdown_grace = \"5s\"\n[listeners.main]");
     let mut s = serve(&text).await;
-    // Clients run from before SIGTERM until shortly before the drain delay ends (after it,
-    // a Service would no longer send them here).
+    // Clients run from before SIGTERM until the drain delay (2 s) is all but over (after it,
+    // a Service would no longer send them here): the last requests start 150 ms before the
+    // listener closes.
     let t0 = tokio::time::Instant::now();
-    let until = t0 + Duration::from_millis(500) + Duration::from_millis(1_700);
+    let until = t0 + Duration::from_millis(500) + Duration::from_millis(1_850);
     let mut loops = Vec::new();
     for kind in ["keepalive", "keepalive", "keepalive", "fresh", "fresh", "fresh", "h2", "h2"] {
         loops.push((kind, tokio::spawn(client_loop(kind, s.traffic.clone(), until))));
     }
+    // A keep-alive connection that sits idle from before SIGTERM and is used again late in
+    // the drain: still open, served, and told to close.
+    let idle = {
+        let addr = s.traffic.trim_start_matches("http://").to_string();
+        tokio::spawn(async move {
+            let mut c = tokio::net::TcpStream::connect(&addr).await.map_err(|e| e.to_string())?;
+            let req = b"GET / HTTP/1.1\r\nHost: app\r\n\r\n";
+            let (first, _) = exchange(&mut c, req).await?;
+            tokio::time::sleep_until(t0 + Duration::from_millis(500 + 1_600)).await;
+            let (second, head) = exchange(&mut c, req).await.map_err(|e| format!("idle connection, late: {e}"))?;
+            Ok::<_, String>((first, second, head.to_ascii_lowercase().contains("connection: close")))
+        })
+    };
     tokio::time::sleep(Duration::from_millis(500)).await;
     s.signal(Signal::SIGTERM);
     let not_ready = turns_not_ready(&s.admin).await;
@@ -299,6 +313,9 @@ async fn clients_that_keep_sending_through_the_drain_delay_see_no_failure() {
         told += seen.told_to_close;
         failed.extend(seen.failed.into_iter().map(|f| format!("{kind}: {f}")));
     }
+    let idle = idle.await.unwrap();
+    println!("idle keep-alive connection used 1.6 s into the drain: {idle:?}");
+    assert_eq!(idle, Ok((200, 200, true)), "an idle keep-alive connection used late in the drain");
     assert!(not_ready, "/ready never said 503 after SIGTERM");
     assert!(failed.is_empty(), "{} failed: {:?}", failed.len(), &failed[..failed.len().min(10)]);
     assert!(told >= 3, "keep-alive clients were not told to reconnect ({told})");

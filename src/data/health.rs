@@ -140,6 +140,7 @@ async fn run(client: ProbeClient, t: Target, stop: CancellationToken, mut first:
             r = probe_once(&client, &t) => r,
         };
         t.counters[usize::from(!ok)].inc();
+        let failed_before = fails > 0;
         if ok {
             passes += 1;
             fails = 0;
@@ -148,14 +149,16 @@ async fn run(client: ProbeClient, t: Target, stop: CancellationToken, mut first:
             passes = 0;
         }
         let change = verdict(t.state.probe_up(), t.state.ever_up(), passes, fails, &t.config);
+        // A probe that failed and now passes again — back up by its thresholds, or a pod
+        // frozen for less than `unhealthy_threshold` probes that answers again — ends an
+        // ejection as a trial would. A probe that never failed (a pod slow or failing only
+        // for real requests) ends none: the trial decides.
+        if ok && (failed_before || change == Some(true)) && t.state.is_ejected() && t.state.readmit() {
+            tracing::info!(app = %t.app, version = %t.version, endpoint = %t.endpoint, "ejection ended by its probe");
+            t.gauge.set(i64::from(t.state.is_healthy()));
+        }
         if let Some(now_up) = change {
             t.state.set_probe_up(now_up);
-            // Back up by its probe: it answers again, which ends an ejection as a trial
-            // would (a frozen pod that resumed). A probe that never went down (a pod slow
-            // only for real requests) ends none.
-            if now_up && t.state.readmit() {
-                tracing::info!(app = %t.app, version = %t.version, endpoint = %t.endpoint, "ejection ended by its probe");
-            }
             t.gauge.set(i64::from(t.state.is_healthy()));
             let why = if now_up {
                 format!("probe passed {passes} time(s) in a row")
