@@ -129,11 +129,7 @@ fn rbac_grants_exactly_what_the_watcher_reads() {
         [
             ("".to_string(), "configmaps".to_string(), strs(&["get", "list", "update", "watch"])),
             ("".to_string(), "pods".to_string(), watch.clone()),
-            (
-                "coordination.k8s.io".into(),
-                "leases".into(),
-                strs(&["create", "delete", "get", "list", "update", "watch"])
-            ),
+            ("coordination.k8s.io".into(), "leases".into(), strs(&["create", "delete", "get", "list", "update"])),
             ("discovery.k8s.io".into(), "endpointslices".into(), watch)
         ],
         "read-only discovery, the state ConfigMap, the replicas' Leases"
@@ -189,13 +185,25 @@ fn three_replicas_share_the_state_and_a_ci_role_steers_them() {
     let shipped = m.config_maps.iter().find(|c| c.metadata.name.as_deref() == Some(state.name.as_str()));
     assert!(shipped.expect("the state ConfigMap").data.is_none(), "shipped empty");
     assert!(config.admin.kubernetes_auth.is_some() && !config.admin.allow_unauthenticated);
-    // The CI Role: only Weir's virtual splits, by app name.
+    // The CI Role: only Weir's virtual resources: its app's split by name (read and change),
+    // and a read of /cluster (what each replica applied).
     let ci = m.roles.iter().find(|r| r.metadata.name.as_deref() == Some("weir-deployer")).expect("the CI Role");
+    let mut resources = Vec::new();
     for rule in ci.rules.iter().flatten() {
         assert_eq!(rule.api_groups.clone().unwrap_or_default(), ["weir.dev".to_string()]);
-        assert_eq!(rule.resources.clone().unwrap_or_default(), ["splits".to_string()]);
-        assert!(rule.resource_names.iter().flatten().all(|n| config.apps.contains_key(n)), "names an app");
+        let resource = rule.resources.clone().unwrap_or_default().concat();
+        match resource.as_str() {
+            "splits" => {
+                let names = rule.resource_names.clone().unwrap_or_default();
+                assert!(!names.is_empty() && names.iter().all(|n| config.apps.contains_key(n)), "names an app");
+            }
+            "clusters" => assert_eq!(rule.verbs, ["get"], "reads /cluster only"),
+            other => panic!("the CI Role grants {other}"),
+        }
+        resources.push(resource);
     }
+    resources.sort();
+    assert_eq!(resources, ["clusters", "splits"]);
     assert!(m.bindings.iter().any(|b| b.role_ref.name == "weir-deployer"));
 }
 

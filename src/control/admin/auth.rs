@@ -188,14 +188,14 @@ impl Auth {
         Auth { mode: Mode::Local { open: true } }
     }
 
-    /// Who is calling, if they may do what `need` says: the token's name ("" without tokens),
-    /// or the 401/403 to answer.
+    /// Who is calling, if they may do what `need` says: the token's name or Kubernetes user
+    /// (without tokens: `anonymous@<address>`), or the 401/403 to answer.
     pub async fn check(&self, headers: &HeaderMap, peer: IpAddr, target: &Target<'_>) -> Result<String, ApiError> {
         let (need, shutdown) = (target.access(), target.resource == "instances");
         match &self.mode {
             Mode::Local { open } => {
                 if *open || peer.is_loopback() {
-                    Ok(String::new())
+                    Ok(format!("anonymous@{peer}"))
                 } else {
                     Err(ApiError::new(
                         StatusCode::FORBIDDEN,
