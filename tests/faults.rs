@@ -324,3 +324,78 @@ async fn e_a_frozen_endpoint_with_a_probe_is_out_at_once_and_back_when_the_probe
     c.assert(&summary);
     drop((v1, v2));
 }
+
+/// HTTP/2 requests (served by hyper's side of Weir, not the HTTP/1 fast path) stuck on a
+/// frozen endpoint are hedged to a sibling the same way: none fails, none waits near the
+/// freeze.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn f_http2_requests_stuck_on_a_frozen_endpoint_are_hedged_too() {
+    use http_body_util::{BodyExt, Empty};
+    let _serial = SERIAL.lock().await;
+    const FREEZE: Duration = Duration::from_secs(4);
+    let (v1, v2) = (backends("v1", 4, &[]), backends("v2", 4, &[]));
+    let weir = start_weir(&config(&v1, &v2, "")).await;
+    let url: http::Uri = format!("http://{}/", weir.listeners["main"]).parse().unwrap();
+    let client = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+        .http2_only(true)
+        .build_http::<Empty<bytes::Bytes>>();
+    let run = |until: std::time::Instant| {
+        let (client, url) = (client.clone(), url.clone());
+        tokio::spawn(async move {
+            let (mut n, mut failed, mut worst) = (0u64, Vec::new(), Duration::ZERO);
+            while std::time::Instant::now() < until {
+                let t = std::time::Instant::now();
+                let got = tokio::time::timeout(Duration::from_secs(10), async {
+                    let r = client.get(url.clone()).await.map_err(|e| format!("{e:?}"))?;
+                    let status = r.status();
+                    r.into_body().collect().await.map_err(|e| format!("{e:?}"))?;
+                    Ok::<_, String>(status)
+                })
+                .await;
+                match got {
+                    Ok(Ok(s)) if s == 200 => {}
+                    other => failed.push(format!("{other:?}")),
+                }
+                worst = worst.max(t.elapsed());
+                n += 1;
+                tokio::time::sleep(Duration::from_millis(2)).await;
+            }
+            (n, failed, worst)
+        })
+    };
+    // Warm-up: the version's latency becomes known.
+    for t in (0..8).map(|_| run(std::time::Instant::now() + WARM_UP)).collect::<Vec<_>>() {
+        t.await.unwrap();
+    }
+    v2[0].freeze();
+    let until = std::time::Instant::now() + FREEZE;
+    let tasks: Vec<_> = (0..8).map(|_| run(until)).collect();
+    let (mut n, mut failed, mut worst) = (0, Vec::new(), Duration::ZERO);
+    for t in tasks {
+        let (tn, tf, tw) = t.await.unwrap();
+        n += tn;
+        failed.extend(tf);
+        worst = worst.max(tw);
+    }
+    v2[0].thaw();
+    let metrics = harness::http_get(weir.admin, "/metrics").await.unwrap().1;
+    let won: f64 = metrics
+        .lines()
+        .find(|l| l.starts_with("weir_hedges_total{") && l.contains("outcome=\"won\"") && l.contains("version=\"v2\""))
+        .and_then(|l| l.rsplit(' ').next()?.parse().ok())
+        .unwrap_or(0.0);
+    let summary = format!(
+        "HTTP/2, 8 streams on one connection, v2-0 frozen {}: {n} GETs, {} failed, longest {}; hedges won on v2: {won}",
+        ms(FREEZE),
+        failed.len(),
+        ms(worst)
+    );
+    println!("{summary}");
+    let mut c = Checks::default();
+    c.check(failed.is_empty(), || format!("failed: {:?}", &failed[..failed.len().min(5)]));
+    c.check(worst < Duration::from_secs(3), || format!("a GET waited {} (ceiling 3s)", ms(worst)));
+    c.check(won >= 1.0, || "no hedge won: nothing reached the frozen endpoint, the test proved nothing".into());
+    c.check(n > 100, || format!("too little traffic: {n}"));
+    c.assert(&summary);
+    drop((v1, v2));
+}

@@ -83,6 +83,8 @@ pub struct FakeKube {
     raw_lines: broadcast::Sender<String>,
     /// Longest watch before a clean end, whatever the client asked.
     pub max_watch: Duration,
+    /// Requests are held, unanswered, while set (a partitioned or overloaded API server).
+    stalled: std::sync::atomic::AtomicBool,
 }
 
 impl FakeKube {
@@ -96,6 +98,7 @@ impl FakeKube {
             drop_watches: Mutex::new(CancellationToken::new()),
             raw_lines: broadcast::channel(64).0,
             max_watch,
+            stalled: std::sync::atomic::AtomicBool::new(false),
         });
         fake.serve(listener);
         fake
@@ -145,6 +148,17 @@ impl FakeKube {
             }
         };
         self.serve(listener);
+    }
+
+    /// Connections are accepted and requests read, but nothing is answered until
+    /// [`FakeKube::unstall`]; a request whose client gave up meanwhile is dropped unapplied.
+    pub fn stall(&self) {
+        self.stalled.store(true, std::sync::atomic::Ordering::SeqCst);
+    }
+
+    /// Requests are answered again, the held ones first.
+    pub fn unstall(&self) {
+        self.stalled.store(false, std::sync::atomic::Ordering::SeqCst);
     }
 
     /// Breaks every open watch stream mid-flight.
@@ -212,6 +226,9 @@ impl FakeKube {
         let query: BTreeMap<String, String> =
             req.uri().query().map(|q| form_urlencoded::parse(q.as_bytes()).into_owned().collect()).unwrap_or_default();
         let watch = query.get("watch").is_some_and(|w| w == "true" || w == "1");
+        while self.stalled.load(std::sync::atomic::Ordering::SeqCst) {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
         {
             let mut s = self.state.lock().unwrap();
             s.requests.push(format!("{} {}", req.method(), req.uri()));
