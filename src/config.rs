@@ -670,8 +670,8 @@ pub struct RetryConfig {
     /// Retries always allowed per 10 s, whatever the traffic. Default 10.
     #[serde(default = "default_budget_min")]
     pub budget_min: u32,
-    /// When an idempotent request without a body that is still waiting for its response
-    /// head is also sent to a second endpoint of its version; the first answer wins and the
+    /// When an idempotent request Weir can send again (no body, or a body it read whole)
+    /// that is still waiting for its response head is also sent to a second endpoint of its version; the first answer wins and the
     /// other attempt is cancelled (Envoy's hedging on per-try timeout). `"auto"` (default):
     /// five times the typical endpoint's average latency, at least 250 ms; a duration: that
     /// long; `"off"`. A hedge uses one of `attempts` and the retry budget. When the hedge
