@@ -36,7 +36,23 @@
 //! all-slow          591      0    292    292    292     49ms    3.04s    3.05s     49        0    3.00s      0   +27.14s     never        -
 //! ```
 //!
-//! Frozen: every request Weir sent the frozen endpoint (14, P2C steering away as they piled up
+//! After issue 12's change (0854939, same machine, one run, release):
+//!
+//! ```text
+//! scenario         GETs failed >250ms    >1s    >2s      p50      p99      max  POSTs   failed      max  twice last sent   ejected     back
+//! baseline       455819      0      0      0      0      1ms      3ms     37ms  50628        0     38ms      0   +27.91s     never        -
+//! frozen         468246      0     10      0      0      1ms      3ms    254ms  52013        0      8ms      0    +341ms    +341ms    never
+//! frozen-probe   450323      0      9      0      0      1ms      3ms    252ms  50020        0     12ms      0    +197ms    +298ms    1.09s
+//! slow           421184      0      9      0      0      1ms      4ms    289ms  46782        0      9ms      0    +343ms    +343ms        -
+//! all-slow          591      0    295    295    295     65ms    3.05s    3.06s     49        0    3.01s      0   +27.16s     never        -
+//! ```
+//!
+//! After: out of traffic within 0.35 s in every fault, no GET over 300 ms, 0 failed; the all-slow
+//! version is left alone (no counter moved). `back: never` for `frozen` is by design: the
+//! ejection lasts `base_ejection` (30 s) and then a trial must succeed; the run ends 5 s after
+//! SIGCONT. With a probe, the probe passing again ends it.
+//!
+//! Before — frozen: every request Weir sent the frozen endpoint (14, P2C steering away as they piled up
 //! in flight) waited the whole freeze, as 20 s is under the 30 s request timeout; it was never
 //! ejected and still got a new request 19.14 s into the freeze. With the probe it was down
 //! after 6.10 s (`weir_endpoint_healthy` 0) but the 9 GETs and 1 POST already sent waited the

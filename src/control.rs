@@ -399,7 +399,7 @@ impl Control {
                 },
             );
         }
-        Document { format: FORMAT, sequence: self.sequence + 1, written_by: self.identity.clone(), apps }
+        Document { format: FORMAT, sequence: self.sequence.saturating_add(1), written_by: self.identity.clone(), apps }
     }
 
     /// Stores `histories` (compare-and-swap on the version this state is based on), then
@@ -426,7 +426,11 @@ impl Control {
         let loaded = self.store.load().await?;
         match loaded.doc {
             Some(doc) => self.adopt(doc, loaded.version),
-            None => self.stored = loaded.version,
+            None => {
+                // Emptied meanwhile: go on above what any replica applied.
+                self.stored = loaded.version;
+                self.sequence = self.sequence.max(loaded.floor);
+            }
         }
         Ok(())
     }

@@ -876,8 +876,12 @@ async fn fuzz_refusals_are_json_and_change_nothing() {
                 accepted += 1;
                 if matches!(&input, Input::Http { path, .. } if path.ends_with("/rollouts")) {
                     // A rollout started: stop it, so that the state holds still again.
+                    // (A plan of weights alone may already have finished: nothing to abort.)
                     let r = client.call("POST", &format!("{admin}/apps/web/rollout/abort"), "").await;
-                    assert_eq!(r.status, 200, "abort: {}", r.body);
+                    if r.status != 200 {
+                        let now = client.get(&format!("{admin}/apps/web/rollout")).await.json();
+                        assert!(r.status == 409 && now["phase"] == "succeeded", "abort: {} (rollout: {now})", r.body);
+                    }
                     rollouts += 1;
                 }
                 state_now = state(&client, &admin, &weir).await;
@@ -910,5 +914,6 @@ async fn fuzz_refusals_are_json_and_change_nothing() {
     );
     assert!(failures.is_empty(), "seed {seed}: {} failures:\n{}", failures.len(), failures.join("\n"));
     assert!(refused > cases / 2, "seed {seed}: only {refused} of {cases} refused: the generator lost its edge");
+    assert!(rollouts > 0 || seed != 12, "seed 12 starts rollouts: none was taken");
     weir.shutdown().await;
 }

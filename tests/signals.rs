@@ -275,10 +275,10 @@ async fn clients_that_keep_sending_through_the_drain_delay_see_no_failure() {
         .replace("[listeners.main]", "[runtime]\ndrain_delay = \"2s\"\nshutdown_grace = \"5s\"\n[listeners.main]");
     let mut s = serve(&text).await;
     // Clients run from before SIGTERM until the drain delay (2 s) is all but over (after it,
-    // a Service would no longer send them here): the last requests start 150 ms before the
+    // a Service would no longer send them here): the last requests start 250 ms before the
     // listener closes.
     let t0 = tokio::time::Instant::now();
-    let until = t0 + Duration::from_millis(500) + Duration::from_millis(1_850);
+    let until = t0 + Duration::from_millis(500) + Duration::from_millis(1_750);
     let mut loops = Vec::new();
     for kind in ["keepalive", "keepalive", "keepalive", "fresh", "fresh", "fresh", "h2", "h2"] {
         loops.push((kind, tokio::spawn(client_loop(kind, s.traffic.clone(), until))));

@@ -70,8 +70,9 @@ pub(super) fn validate(config: &Config) -> Vec<Problem> {
         out.push(problem("state", "set either state.dir or state.kubernetes, not both"));
     }
     if let Some(k) = &config.state.kubernetes {
-        if k.name.is_empty() || k.name.len() > 253 {
-            out.push(problem("state.kubernetes.name", "must be a ConfigMap name of 1 to 253 characters"));
+        // It is also the value of the replicas' Lease label (`weir.dev/state`): 63 at most.
+        if k.name.is_empty() || k.name.len() > 63 {
+            out.push(problem("state.kubernetes.name", "must be a ConfigMap name of 1 to 63 characters"));
         }
         if k.lease_duration < std::time::Duration::from_secs(1) {
             out.push(problem("state.kubernetes.lease_duration", "must be at least 1s"));

@@ -134,13 +134,17 @@ fn target(
 /// One endpoint's probe loop: rise/fall thresholds on consecutive results.
 async fn run(client: ProbeClient, t: Target, stop: CancellationToken, mut first: Option<oneshot::Sender<()>>) {
     let (mut passes, mut fails) = (0u32, 0u32);
+    // The ejection (its number) during which a probe last failed.
+    let mut failed_while_ejected: Option<u32> = None;
     loop {
         let (ok, detail) = tokio::select! {
             () = stop.cancelled() => return,
             r = probe_once(&client, &t) => r,
         };
         t.counters[usize::from(!ok)].inc();
-        let failed_before = fails > 0;
+        if !ok && t.state.is_ejected() {
+            failed_while_ejected = Some(t.state.times_ejected());
+        }
         if ok {
             passes += 1;
             fails = 0;
@@ -149,13 +153,16 @@ async fn run(client: ProbeClient, t: Target, stop: CancellationToken, mut first:
             passes = 0;
         }
         let change = verdict(t.state.probe_up(), t.state.ever_up(), passes, fails, &t.config);
-        // A probe that failed and now passes again — back up by its thresholds, or a pod
-        // frozen for less than `unhealthy_threshold` probes that answers again — ends an
-        // ejection as a trial would. A probe that never failed (a pod slow or failing only
-        // for real requests) ends none: the trial decides.
-        if ok && (failed_before || change == Some(true)) && t.state.is_ejected() && t.state.readmit() {
-            tracing::info!(app = %t.app, version = %t.version, endpoint = %t.endpoint, "ejection ended by its probe");
-            t.gauge.set(i64::from(t.state.is_healthy()));
+        // Ejected, its probe failed during this ejection (or went down) and now passes: it
+        // answers again (a frozen pod that resumed, even one frozen for fewer probes than
+        // `unhealthy_threshold`), so its trial request goes now instead of at the end of the
+        // ejection, and the trial decides. A probe that never failed (a pod slow or failing
+        // only for real requests) wakes nothing.
+        if ok && t.state.is_ejected() && (failed_while_ejected == Some(t.state.times_ejected()) || change == Some(true))
+        {
+            failed_while_ejected = None;
+            tracing::info!(app = %t.app, version = %t.version, endpoint = %t.endpoint, "its probe passes again: trial request now");
+            t.state.wake_trial();
         }
         if let Some(now_up) = change {
             t.state.set_probe_up(now_up);

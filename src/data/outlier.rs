@@ -55,6 +55,7 @@ pub fn on_failure(app: &App, version: &Version, endpoint: &Endpoint) {
     endpoint.state.note_change(why);
     let trial = Trial {
         state: Arc::downgrade(&endpoint.state),
+        wake: endpoint.state.trial_wake(),
         client: endpoint.client.clone(),
         request: trial_request(version, endpoint),
         // In time means as fast as the version's hedge deadline now: an endpoint slower
@@ -84,6 +85,8 @@ pub fn ejection_time(base: Duration, max: Duration, times: u32) -> Duration {
 struct Trial {
     /// Weak: an endpoint that leaves the snapshot ends its trials.
     state: Weak<EndpointState>,
+    /// Ends the wait early: the endpoint's probe failed during this ejection and passes again.
+    wake: Arc<tokio::sync::Notify>,
     client: HttpClient,
     request: (String, header::HeaderValue),
     deadline: Duration,
@@ -113,10 +116,15 @@ impl Trial {
         // healthy endpoint is never kept out for good.
         let mut deadline = self.deadline;
         loop {
-            tokio::time::sleep(wait).await;
+            // The ejection's time, or less if its probe saw it fail and answer again (a pod
+            // that was frozen and resumed): the trial then goes at once, and it, not the
+            // probe, decides — a probe passes on an idle pod that real requests overload.
+            tokio::select! {
+                () = tokio::time::sleep(wait) => {}
+                () = self.wake.notified() => {}
+            }
             let Some(state) = self.state.upgrade() else { return };
-            // Readmitted meanwhile (its probe came back up), perhaps ejected anew since: that
-            // ejection has a trial of its own.
+            // Ejected anew since (by another path): that ejection has a trial of its own.
             if !state.is_ejected() || state.times_ejected() != times {
                 return;
             }
@@ -127,8 +135,8 @@ impl Trial {
             match outcome {
                 Ok(status) => {
                     self.metrics.trials[0].inc();
-                    // Readmitted by its probe while the trial was out, and ejected anew: that
-                    // ejection has its own trial; this one answers for an older one.
+                    // Ejected anew while the trial was out: that ejection has its own
+                    // trial; this one answers for an older one.
                     if state.times_ejected() != times {
                         return;
                     }

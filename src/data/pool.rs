@@ -48,6 +48,8 @@ pub struct EndpointState {
     ever_up: AtomicBool,
     /// Details for operators (admin API); never read on the request path.
     record: Mutex<HealthRecord>,
+    /// Wakes the trial waiting out this endpoint's ejection (its probe answers again).
+    trial_wake: Arc<tokio::sync::Notify>,
 }
 
 /// When passive failures eject an endpoint (see [`EndpointState::record_failure`]).
@@ -89,7 +91,17 @@ impl EndpointState {
             times_ejected: AtomicU32::new(0),
             ever_up: AtomicBool::new(!awaiting_probe),
             record: Mutex::new(HealthRecord::default()),
+            trial_wake: Arc::default(),
         }
+    }
+    /// What the trial waiting out an ejection listens on (see [`EndpointState::wake_trial`]).
+    pub fn trial_wake(&self) -> Arc<tokio::sync::Notify> {
+        Arc::clone(&self.trial_wake)
+    }
+    /// Ends the wait of a trial waiting out this endpoint's ejection, so that its trial request
+    /// goes now. Nothing happens when no trial is waiting (one already sent decides alone).
+    pub fn wake_trial(&self) {
+        self.trial_wake.notify_waiters();
     }
     /// Whether the endpoint may take new requests.
     #[inline]

@@ -85,6 +85,8 @@ pub struct FakeKube {
     pub max_watch: Duration,
     /// Requests are held, unanswered, while set (a partitioned or overloaded API server).
     stalled: std::sync::atomic::AtomicBool,
+    /// Requests are carried out, but their answers held while set (the reply is lost).
+    answers_held: std::sync::atomic::AtomicBool,
 }
 
 impl FakeKube {
@@ -99,6 +101,7 @@ impl FakeKube {
             raw_lines: broadcast::channel(64).0,
             max_watch,
             stalled: std::sync::atomic::AtomicBool::new(false),
+            answers_held: std::sync::atomic::AtomicBool::new(false),
         });
         fake.serve(listener);
         fake
@@ -121,7 +124,13 @@ impl FakeKube {
                 tokio::spawn(async move {
                     let svc = hyper::service::service_fn(move |req| {
                         let me = Arc::clone(&me);
-                        async move { Ok::<_, Infallible>(me.handle(req).await) }
+                        async move {
+                            let resp = Arc::clone(&me).handle(req).await;
+                            while me.answers_held.load(std::sync::atomic::Ordering::SeqCst) {
+                                tokio::time::sleep(Duration::from_millis(10)).await;
+                            }
+                            Ok::<_, Infallible>(resp)
+                        }
                     });
                     let conn = hyper::server::conn::http1::Builder::new().serve_connection(TokioIo::new(stream), svc);
                     tokio::select! {
@@ -159,6 +168,12 @@ impl FakeKube {
     /// Requests are answered again, the held ones first.
     pub fn unstall(&self) {
         self.stalled.store(false, std::sync::atomic::Ordering::SeqCst);
+    }
+
+    /// Requests are carried out (a write is stored, watchers told) but their answers are held
+    /// until `hold_answers(false)`: the client cannot know its write took.
+    pub fn hold_answers(&self, hold: bool) {
+        self.answers_held.store(hold, std::sync::atomic::Ordering::SeqCst);
     }
 
     /// Breaks every open watch stream mid-flight.

@@ -141,21 +141,31 @@ impl KubeStore {
         let doc = self.parse(&cm)?;
         let version = cm.metadata.resource_version.clone();
         *self.last.lock().expect("not poisoned") = Some(cm);
-        let floor = if doc.is_none() { self.highest_applied().await? } else { 0 };
+        let floor = if doc.is_none() { self.highest_applied().await } else { 0 };
         Ok(Loaded { doc, version, floor })
     }
 
-    /// The highest state sequence in any replica's Lease (their reports outlive the document).
-    async fn highest_applied(&self) -> Result<u64, StoreError> {
+    /// The highest state sequence in any replica's Lease (their reports outlive the document);
+    /// 0, with a warning, when they cannot be listed (a fresh install has none anyway).
+    async fn highest_applied(&self) -> u64 {
         let leases: Api<Lease> = Api::namespaced(self.api.clone().into_client(), &self.namespace);
         let params = ListParams::default().labels(&format!("{LEASE_LABEL}={}", self.name));
-        let list = self.call("list the Leases of", leases.list(&params)).await?;
-        Ok(list
-            .items
-            .iter()
-            .filter_map(|l| l.metadata.annotations.as_ref()?.get(SEQUENCE_ANNOTATION)?.parse::<u64>().ok())
-            .max()
-            .unwrap_or(0))
+        match self.call("list the Leases of", leases.list(&params)).await {
+            Ok(list) => list
+                .items
+                .iter()
+                .filter_map(|l| l.metadata.annotations.as_ref()?.get(SEQUENCE_ANNOTATION)?.parse::<u64>().ok())
+                .max()
+                .unwrap_or(0),
+            Err(e) => {
+                tracing::warn!(
+                    state = %self.describe(),
+                    "cannot read the replicas' reports, so a new state starts at sequence 1; replicas that \
+                     applied a later one ignore it until restarted: {e}"
+                );
+                0
+            }
+        }
     }
 
     /// The document a ConfigMap holds.
