@@ -36,21 +36,21 @@
 //! all-slow          591      0    292    292    292     49ms    3.04s    3.05s     49        0    3.00s      0   +27.14s     never        -
 //! ```
 //!
-//! After issue 12's change (0854939, same machine, one run, release):
+//! After issue 12's change (0c59c46, same machine, one run, release):
 //!
 //! ```text
 //! scenario         GETs failed >250ms    >1s    >2s      p50      p99      max  POSTs   failed      max  twice last sent   ejected     back
-//! baseline       455819      0      0      0      0      1ms      3ms     37ms  50628        0     38ms      0   +27.91s     never        -
-//! frozen         468246      0     10      0      0      1ms      3ms    254ms  52013        0      8ms      0    +341ms    +341ms    never
-//! frozen-probe   450323      0      9      0      0      1ms      3ms    252ms  50020        0     12ms      0    +197ms    +298ms    1.09s
-//! slow           421184      0      9      0      0      1ms      4ms    289ms  46782        0      9ms      0    +343ms    +343ms        -
-//! all-slow          591      0    295    295    295     65ms    3.05s    3.06s     49        0    3.01s      0   +27.16s     never        -
+//! baseline       389664      0      0      0      0      1ms      4ms     39ms  43279        0     38ms      0   +27.91s     never        -
+//! frozen         384789      0     10      0      0      1ms      4ms    254ms  42739        0     11ms      0     +51ms    +353ms    never
+//! frozen-probe   417909      0      9      0      0      1ms      4ms    254ms  46418        0     10ms      0    +196ms    +296ms    1.09s
+//! slow           409454      0      7      0      0      1ms      4ms    254ms  45478        0    3.00s      0    +240ms    +341ms        -
+//! all-slow          593      0    290    290    290     54ms    3.06s    3.06s     47        0    3.00s      0   +27.15s     never        -
 //! ```
 //!
-//! After: out of traffic within 0.35 s in every fault, no GET over 300 ms, 0 failed; the all-slow
+//! After: out of traffic within 0.36 s in every fault, no GET over 300 ms, 0 failed; the all-slow
 //! version is left alone (no counter moved). `back: never` for `frozen` is by design: the
 //! ejection lasts `base_ejection` (30 s) and then a trial must succeed; the run ends 5 s after
-//! SIGCONT. With a probe, the probe passing again ends it.
+//! SIGCONT. With a probe, the probe passing again sends the trial at once, which readmits it.
 //!
 //! Before — frozen: every request Weir sent the frozen endpoint (14, P2C steering away as they piled up
 //! in flight) waited the whole freeze, as 20 s is under the 30 s request timeout; it was never
