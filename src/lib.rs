@@ -5,12 +5,14 @@
 //! read-only [`data::snapshot::Routes`]. The [`control`] plane changes that state: admin
 //! commands, reloads and discovery events go to one task, which builds the next snapshot
 //! ([`control::build`]) and stores it with the one [`data::snapshot::Writer`]. [`config`] (the
-//! schema) and [`metrics`] are shared by both; [`server`] wires them together.
+//! schema) and [`metrics`] are shared by both; [`server`] wires them together. [`ctl`] is the
+//! admin API's command-line client.
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
 pub mod config;
 pub mod control;
+pub mod ctl;
 pub mod data;
 pub mod demo;
 pub mod metrics;

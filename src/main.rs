@@ -93,6 +93,14 @@ enum Command {
         #[arg(long, default_value = "120s", value_parser = humantime::parse_duration)]
         timeout: std::time::Duration,
     },
+    /// Steer a running Weir through its admin API: split, promote, rollback, history,
+    /// rollouts, cluster (`weir ctl --help`).
+    Ctl {
+        #[command(flatten)]
+        target: weir::ctl::Target,
+        #[command(subcommand)]
+        command: weir::ctl::Command,
+    },
     /// Run a demo backend on one or more addresses (for benchmarks and your own experiments).
     Backend {
         /// Address to listen on (repeat for several).
@@ -201,6 +209,7 @@ fn run(command: Command) -> Result<ExitCode> {
             code
         }),
         Command::Shutdown { admin, wait, timeout } => runtime(1)?.block_on(shutdown(admin, wait, timeout)),
+        Command::Ctl { target, command } => runtime(1)?.block_on(weir::ctl::run(target, command)),
         Command::Backend { addr, name, version, delay, record_ids, fail } => runtime(0)?.block_on(async move {
             let cancel = CancellationToken::new();
             let options = weir::demo::BackendOptions { delay, record_ids, fail };

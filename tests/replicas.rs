@@ -281,7 +281,28 @@ async fn three_replicas_share_one_split() {
     (ok, failed) = (ok + report.ok, failed + report.failed);
     replicas[2].signal(nix::sys::signal::Signal::SIGSTOP);
     let r = put(&client, &replicas[0], "?wait=all&timeout=500ms", split(25, 75), None).await;
+    // The same through `weir ctl … --wait`: exit 3, naming it.
+    let ctl = tokio::process::Command::new(env!("CARGO_BIN_EXE_weir"))
+        .args([
+            "ctl",
+            "--admin",
+            &replicas[1].admin,
+            "split",
+            "web",
+            "v1=24",
+            "v2=76",
+            "--wait",
+            "--wait-timeout",
+            "300ms",
+        ])
+        .env_remove("WEIR_TOKEN")
+        .output()
+        .await
+        .unwrap();
     replicas[2].signal(nix::sys::signal::Signal::SIGCONT);
+    let said = String::from_utf8_lossy(&ctl.stdout);
+    assert_eq!(ctl.status.code(), Some(3), "{said}{}", String::from_utf8_lossy(&ctl.stderr));
+    assert!(said.contains("not yet applied by") && said.contains("weir-c"), "{said}");
     assert_eq!(r.status, 202, "{}", r.body);
     let body = r.json();
     assert_eq!(body["wait"]["all_applied"], false, "{body}");
@@ -290,7 +311,7 @@ async fn three_replicas_share_one_split() {
     assert!(laggards.contains(&json!("weir-c")) && !laggards.contains(&json!("weir-a")), "{body}");
     let applied = body["wait"]["applied"].as_array().unwrap();
     assert!(applied.contains(&json!("weir-a")) && !applied.contains(&json!("weir-c")), "{body}");
-    let rev = body["revision"].as_u64().unwrap();
+    let rev = body["revision"].as_u64().unwrap() + 1;
     let took = converge(&client, &replicas, rev, Duration::from_secs(10)).await;
     eprintln!(
         "wait=all with weir-c frozen: 202 after {} ms naming it; it caught up {took:?} after SIGCONT",

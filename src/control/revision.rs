@@ -46,8 +46,9 @@ pub struct Revision {
     pub reason: String,
     /// What made it.
     pub cause: Cause,
-    /// Who made it: the admin token's name or the Kubernetes user; empty for Weir itself
-    /// (the config file at start, a reload) and for an admin API without authentication.
+    /// Who made it: the admin token's name or the Kubernetes user (`anonymous@<address>` on
+    /// an admin API without authentication); empty for Weir itself (the config file at start,
+    /// a reload).
     #[serde(default)]
     pub by: String,
     /// When it was stored, RFC 3339 UTC.
