@@ -128,7 +128,7 @@ pub fn banner(traffic: SocketAddr, admin: SocketAddr) -> String {
     format!(
         r#"Weir demo is running.
   traffic: http://{traffic}   app "demo": v1 x2, v2 x2, split v1 90 / v2 10
-  admin:   http://{admin}
+  admin:   http://{admin}   dashboard: http://{admin}/ui
 
 Watch the split (about one v2 in ten):
   while sleep 0.1; do curl -s {traffic}; done
@@ -143,6 +143,9 @@ Then, from another terminal:
   # what happened
   curl -s {admin}/apps/demo/history
   curl -s {admin}/metrics | grep weir_requests_total
+  # the same from the command line; or let Weir walk a canary and judge it
+  weir ctl --admin {admin} split demo v1=50 v2=50
+  weir ctl --admin {admin} rollout start demo --canary v2 --plan canary --watch
 Ctrl-C stops it."#
     )
 }

@@ -35,10 +35,16 @@ async fn tokens_decide_who_reads_and_who_changes() {
     let client = Client::new();
     let split = |v1: u32, v2: u32| format!(r#"{{"weights":{{"v1":{v1},"v2":{v2}}}}}"#);
 
-    // Probes and scrapes need no token.
-    for open in ["/live", "/ready", "/metrics"] {
+    // Probes, scrapes and the dashboard's page (no data in it) need no token.
+    for open in ["/live", "/ready", "/metrics", "/ui"] {
         assert_eq!(call(&client, "GET", &format!("{admin}{open}"), None, "").await.status, 200, "{open}");
     }
+    let page = call(&client, "GET", &format!("{admin}/ui"), None, "").await;
+    assert_eq!(page.headers["content-type"], "text/html; charset=utf-8");
+    let csp = page.headers["content-security-policy"].to_str().unwrap();
+    assert!(csp.contains("default-src 'none'") && csp.contains("connect-src 'self'"), "{csp}");
+    assert!(page.body.contains("<title>Weir</title>") && page.body.contains("textContent"));
+    assert!(!page.body.contains("innerHTML"), "names from the API are set as text only");
     // No token, a wrong one: 401 with the challenge, in the JSON error shape.
     for token in [None, Some("wrong-token-0123456789")] {
         let r = call(&client, "GET", &format!("{admin}/apps"), token, "").await;

@@ -111,7 +111,8 @@ impl Admin {
         let segments: Vec<&str> = path.split('/').skip(1).collect();
         let method = req.method().clone();
         // Probes and scrapes stay open; every other call is checked before anything is read.
-        let open = matches!(segments.as_slice(), ["live" | "ready" | "metrics"]);
+        // The dashboard page holds no data: it asks for it with the operator's token.
+        let open = matches!(segments.as_slice(), ["live" | "ready" | "metrics" | "ui"]);
         let by = if open {
             String::new()
         } else {
@@ -127,6 +128,7 @@ impl Admin {
             (["metrics"], &Method::GET) => {
                 Ok(text(StatusCode::OK, self.metrics.render(), "text/plain; version=0.0.4; charset=utf-8"))
             }
+            (["ui"], &Method::GET) => Ok(dashboard()),
             (["reload"], &Method::POST) => self.reload().await,
             (["shutdown"], &Method::POST) => {
                 // As SIGTERM: /ready turns 503, the drain delay, then the grace period.
@@ -189,7 +191,7 @@ impl Admin {
             }
             (["apps", _, "rollout"], _) => Err(ApiError::method("GET")),
             (["reload" | "shutdown"], _) => Err(ApiError::method("POST")),
-            (["live" | "ready" | "metrics" | "apps" | "cluster"] | ["apps", _] | ["apps", _, "history"], _) => {
+            (["live" | "ready" | "metrics" | "ui" | "apps" | "cluster"] | ["apps", _] | ["apps", _, "history"], _) => {
                 Err(ApiError::method("GET"))
             }
             (["apps", _, action @ ("split" | "promote" | "rollback")], _) => {
@@ -317,6 +319,25 @@ fn target<'a>(segments: &[&'a str], method: &Method) -> auth::Target<'a> {
 
 fn allowed(action: &str) -> Method {
     if action == "split" { Method::PUT } else { Method::POST }
+}
+
+/// `GET /ui`: the live dashboard, one page that polls this API once a second. Names from the
+/// API are set as text, never HTML; the policy allows only its own inline script and style and
+/// requests to this origin.
+fn dashboard() -> Response<ResponseBody> {
+    let mut resp = text(StatusCode::OK, include_str!("admin/dashboard.html"), "text/html; charset=utf-8");
+    let h = resp.headers_mut();
+    h.insert(
+        header::CONTENT_SECURITY_POLICY,
+        header::HeaderValue::from_static(
+            "default-src 'none'; script-src 'unsafe-inline'; style-src 'unsafe-inline'; connect-src 'self'; \
+             base-uri 'none'; form-action 'none'; frame-ancestors 'none'",
+        ),
+    );
+    h.insert(header::X_CONTENT_TYPE_OPTIONS, header::HeaderValue::from_static("nosniff"));
+    h.insert(header::CACHE_CONTROL, header::HeaderValue::from_static("no-store"));
+    h.insert(header::REFERRER_POLICY, header::HeaderValue::from_static("no-referrer"));
+    resp
 }
 
 fn text(status: StatusCode, body: impl Into<bytes::Bytes>, content_type: &'static str) -> Response<ResponseBody> {
