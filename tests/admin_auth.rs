@@ -26,10 +26,9 @@ async fn call(client: &Client, method: &str, url: &str, token: Option<&str>, bod
 async fn tokens_decide_who_reads_and_who_changes() {
     let (v1, v2) = (Backend::spawn("v1-0", "v1").await, Backend::spawn("v2-0", "v2").await);
     let dir = tempfile::tempdir().unwrap();
+    let text = config(&[("v1", &[&v1]), ("v2", &[&v2])], &[("v1", 90), ("v2", 10)], "");
+    let text = common::with_tokens_file(&text, dir.path(), TOKENS);
     let tokens = dir.path().join("tokens.toml");
-    std::fs::write(&tokens, TOKENS).unwrap();
-    let mut text = config(&[("v1", &[&v1]), ("v2", &[&v2])], &[("v1", 90), ("v2", 10)], "");
-    text = text.replacen("[admin]\n", &format!("[admin]\ntokens_file = {:?}\n", tokens.to_str().unwrap()), 1);
     let weir = start(&text).await;
     let (_, admin) = urls(&weir);
     let client = Client::new();

@@ -38,10 +38,8 @@ fn code(o: &Output) -> i32 {
 async fn ctl_steers_a_running_weir() {
     let (v1, v2) = (Backend::spawn("v1-0", "v1").await, Backend::spawn("v2-0", "v2").await);
     let dir = tempfile::tempdir().unwrap();
-    let tokens = dir.path().join("tokens.toml");
-    std::fs::write(&tokens, TOKENS).unwrap();
-    let mut text = config(&[("v1", &[&v1]), ("v2", &[&v2])], &[("v1", 90), ("v2", 10)], "");
-    text = text.replacen("[admin]\n", &format!("[admin]\ntokens_file = {:?}\n", tokens.to_str().unwrap()), 1);
+    let text = config(&[("v1", &[&v1]), ("v2", &[&v2])], &[("v1", 90), ("v2", 10)], "");
+    let text = common::with_tokens_file(&text, dir.path(), TOKENS);
     let weir = start(&text).await;
     let (_, admin) = urls(&weir);
     let client = Client::new();

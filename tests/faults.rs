@@ -56,13 +56,20 @@ fn get_stats(samples: &[Sample]) -> harness::Stats {
     stats(samples.iter().filter(|s| s.method == Method::Get))
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_a_frozen_endpoint_costs_gets_almost_nothing_and_comes_back_without_a_probe() {
-    let _serial = SERIAL.lock().await;
-    const FREEZE: Duration = Duration::from_secs(7);
+/// What a freeze run gives: the clients' samples, the scrapes, and when the freeze began and
+/// ended (since the load started).
+struct FreezeRun {
+    samples: Vec<Sample>,
+    scrapes: Vec<harness::Scrape>,
+    frozen: Duration,
+    thawed: Duration,
+}
+
+/// Weir on `app_extra`, 16 clients; after the warm-up v2-0 is frozen for `freeze`, then
+/// resumed, and the run goes on until it got a new request again (at most 10 s).
+async fn freeze_under_load(app_extra: &str, freeze: Duration) -> FreezeRun {
     let (v1, v2) = (backends("v1", 4, &[]), backends("v2", 4, &[]));
-    // Short ejections, so that its return after SIGCONT fits in a test (defaults: 30 s, 300 s).
-    let weir = start_weir(&config(&v1, &v2, r#"outlier = { base_ejection = "1s", max_ejection = "2s" }"#)).await;
+    let weir = start_weir(&config(&v1, &v2, app_extra)).await;
     let load = Load::start(weir.listeners["main"], &clients(0));
     let watch = Watch::start(weir.admin, load.started, SCRAPE);
     load.until(WARM_UP).await;
@@ -70,14 +77,25 @@ async fn a_a_frozen_endpoint_costs_gets_almost_nothing_and_comes_back_without_a_
     watch.scrape_now(weir.admin).await;
     v2[0].freeze();
     let frozen = load.elapsed();
-    load.until(frozen + FREEZE).await;
+    load.until(frozen + freeze).await;
     let at_thaw = watch.scrape_now(weir.admin).await.sent_to("v2-0");
     let thawed = load.elapsed();
     v2[0].thaw();
-    // Back in traffic once it answers (a trial or, on the old code, at once); bounded.
+    // Back in traffic once it answers (a trial, or its probe then a trial); bounded.
     watch.wait_for(Duration::from_secs(10), |s| s.at > thawed && s.sent_to("v2-0") > at_thaw).await;
     let samples = load.stop().await;
     let scrapes = watch.stop().await;
+    drop((v1, v2));
+    FreezeRun { samples, scrapes, frozen, thawed }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_a_frozen_endpoint_costs_gets_almost_nothing_and_comes_back_without_a_probe() {
+    let _serial = SERIAL.lock().await;
+    const FREEZE: Duration = Duration::from_secs(7);
+    // Short ejections, so that its return after SIGCONT fits in a test (defaults: 30 s, 300 s).
+    let FreezeRun { samples, scrapes, frozen, thawed } =
+        freeze_under_load(r#"outlier = { base_ejection = "1s", max_ejection = "2s" }"#, FREEZE).await;
     let get = get_stats(&samples);
     let t = timeline(&scrapes, "v2-0", frozen, thawed);
     let on_frozen = stats(samples.iter().filter(|s| s.served_by.as_deref() == Some("v2-0") && s.at >= frozen));
@@ -119,7 +137,6 @@ async fn a_a_frozen_endpoint_costs_gets_almost_nothing_and_comes_back_without_a_
     });
     c.check(t.back.is_some(), || "no request reached v2-0 within 10 s after it resumed".into());
     c.assert(&summary);
-    drop((v1, v2));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -282,21 +299,8 @@ async fn d_posts_to_a_frozen_endpoint_are_never_sent_twice() {
 async fn e_a_frozen_endpoint_with_a_probe_is_out_at_once_and_back_when_the_probe_passes() {
     let _serial = SERIAL.lock().await;
     const FREEZE: Duration = Duration::from_secs(4);
-    let (v1, v2) = (backends("v1", 4, &[]), backends("v2", 4, &[]));
-    let weir = start_weir(&config(&v1, &v2, r#"probe = { path = "/", unhealthy_threshold = 10 }"#)).await;
-    let load = Load::start(weir.listeners["main"], &clients(0));
-    let watch = Watch::start(weir.admin, load.started, SCRAPE);
-    load.until(WARM_UP).await;
-    watch.scrape_now(weir.admin).await;
-    v2[0].freeze();
-    let frozen = load.elapsed();
-    load.until(frozen + FREEZE).await;
-    let at_thaw = watch.scrape_now(weir.admin).await.sent_to("v2-0");
-    let thawed = load.elapsed();
-    v2[0].thaw();
-    watch.wait_for(Duration::from_secs(10), |s| s.at > thawed && s.sent_to("v2-0") > at_thaw).await;
-    let samples = load.stop().await;
-    let scrapes = watch.stop().await;
+    let FreezeRun { samples, scrapes, frozen, thawed } =
+        freeze_under_load(r#"probe = { path = "/", unhealthy_threshold = 10 }"#, FREEZE).await;
     let get = get_stats(&samples);
     let t = timeline(&scrapes, "v2-0", frozen, thawed);
     let probes = counter_deltas(&scrapes, &["weir_probes"]);
@@ -329,7 +333,6 @@ async fn e_a_frozen_endpoint_with_a_probe_is_out_at_once_and_back_when_the_probe
     // Default ejection: 30 s. Back within 10 s of SIGCONT means the probe ended it.
     c.check(t.back.is_some(), || "not back within 10 s after it resumed, though its probe passes".into());
     c.assert(&summary);
-    drop((v1, v2));
 }
 
 /// HTTP/2 requests (served by hyper's side of Weir, not the HTTP/1 fast path) stuck on a

@@ -266,6 +266,13 @@ pub fn config(versions: &[(&str, &[&Backend])], weights: &[(&str, i64)], extra: 
     s
 }
 
+/// `text` with `[admin] tokens_file` naming a file written with `tokens` in `dir`.
+pub fn with_tokens_file(text: &str, dir: &std::path::Path, tokens: &str) -> String {
+    let file = dir.join("tokens.toml");
+    std::fs::write(&file, tokens).unwrap();
+    text.replacen("[admin]\n", &format!("[admin]\ntokens_file = {:?}\n", file.to_str().unwrap()), 1)
+}
+
 /// Starts Weir from config text.
 pub async fn start(config: &str) -> weir::Running {
     let config = weir::Config::parse(config, "test").unwrap_or_else(|e| panic!("{e}"));
