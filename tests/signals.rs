@@ -145,6 +145,9 @@ async fn sigterm_lets_20_slow_requests_finish_refuses_new_ones_and_exits_zero() 
         let r = r.await.unwrap();
         assert_eq!(r.status, 200, "{}", r.body);
         assert_eq!(r.body, "Host: slow, Version: v1\n");
+        // Sent before SIGTERM, answered after it: the client is told not to reuse the
+        // connection (Weir closes it next).
+        assert_eq!(r.headers.get("connection").map(|v| v.as_bytes()), Some(&b"close"[..]), "{:?}", r.headers);
     }
     let status = s.exit().await;
     assert!(status.success(), "exit status {status:?}");

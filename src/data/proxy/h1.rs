@@ -181,7 +181,7 @@ impl Proxy {
                 }
                 Step::Forward { len, route } => {
                     buf.advance(len);
-                    let closing = cancel.is_cancelled() || limits.closing.is_cancelled();
+                    let closing = Closing { stop: cancel, drain: &limits.closing };
                     if !self.exchange(route, client, &mut bufs, closing, start).await? {
                         return Ok(Forwarded::Close);
                     }
@@ -258,17 +258,17 @@ impl Proxy {
 
     /// Sends the request in `bufs.req` upstream (with the general path's retries) and
     /// forwards the response. `Ok(false)`: the client connection closes after it (as it
-    /// does when `closing`: Weir stops or drains).
+    /// does once `closing`: Weir stops or drains, by the time the response head is written).
     async fn exchange(
         &self,
         route: Route<'_>,
         client: &mut ClientIo,
         bufs: &mut Buffers,
-        closing: bool,
+        closing: Closing<'_>,
         start: Instant,
     ) -> Result<bool, BoxError> {
         let Route { app, version, endpoint, close, idempotent, head } = route;
-        let close = close || closing;
+        let close = Close { request: close, closing };
         let attempts = Attempts::new(app, true, idempotent);
         // The attempt writes into the connection's buffers; a hedge that answers first
         // brings its own, which then take their place.
@@ -296,11 +296,35 @@ impl Proxy {
             Err(failure) => {
                 let used = used.expect("no hedge answered");
                 (bufs.up, bufs.resp) = (used.up, used.out);
+                let close = close.now();
                 encode_local(&failure, close, head, &mut bufs.resp);
                 client.write_all(&bufs.resp).await?;
                 Ok(!close)
             }
         }
+    }
+}
+
+/// Weir stopping, or draining: checked when a response head is written, so that a request
+/// that started before SIGTERM and is answered during (or after) the drain delay tells its
+/// client to reconnect, instead of leaving a keep-alive connection that is about to close.
+#[derive(Clone, Copy)]
+struct Closing<'a> {
+    stop: &'a CancellationToken,
+    drain: &'a CancellationToken,
+}
+
+/// Whether a response closes its client connection: the request asked (or must), or Weir is
+/// closing by the time the head is written.
+#[derive(Clone, Copy)]
+struct Close<'a> {
+    request: bool,
+    closing: Closing<'a>,
+}
+
+impl Close<'_> {
+    fn now(&self) -> bool {
+        self.request || self.closing.stop.is_cancelled() || self.closing.drain.is_cancelled()
     }
 }
 
@@ -311,7 +335,7 @@ struct RawExchange<'b> {
     up: BytesMut,
     out: Vec<u8>,
     head: bool,
-    close: bool,
+    close: Close<'b>,
 }
 
 impl Exchange for RawExchange<'_> {
@@ -343,7 +367,7 @@ async fn attempt(
     up: &mut BytesMut,
     out: &mut Vec<u8>,
     head: bool,
-    close: bool,
+    close: Close<'_>,
 ) -> Result<(RawConn, usize, response::Response), UpstreamError> {
     let mut conn = client.raw().await?;
     up.clear();
@@ -380,7 +404,7 @@ async fn attempt(
                         continue;
                     }
                     _ => {
-                        let r = response::encode(&resp, head, close, out)
+                        let r = response::encode(&resp, head, close.now(), out)
                             .map_err(|e| protocol(format!("invalid response head: {e}")))?;
                         return Ok((conn, len, r));
                     }
