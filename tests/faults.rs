@@ -409,3 +409,55 @@ async fn f_http2_requests_stuck_on_a_frozen_endpoint_are_hedged_too() {
     c.assert(&summary);
     drop((v1, v2));
 }
+
+/// A canary with one endpoint (the version's only one) freezes: there is no sibling to hedge
+/// to, so requests overdue past the version's hedge deadline count against it; it is ejected
+/// after a few, and the canary's share spills to stable (`on_version_down = "spill"`) instead
+/// of every client ending up stuck on it. The few already sent wait for it (nothing else can
+/// answer them in their version); none fails.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn g_a_frozen_canary_with_one_endpoint_is_ejected_and_its_share_spills() {
+    let _serial = SERIAL.lock().await;
+    const FREEZE: Duration = Duration::from_secs(5);
+    let (v1, v2) = (backends("v1", 4, &[]), backends("v2", 1, &[]));
+    let weir = start_weir(&config(&v1, &v2, "")).await;
+    let load = Load::start(weir.listeners["main"], &clients(0));
+    let watch = Watch::start(weir.admin, load.started, SCRAPE);
+    load.until(WARM_UP).await;
+    watch.scrape_now(weir.admin).await;
+    v2[0].freeze();
+    let frozen = load.elapsed();
+    load.until(frozen + FREEZE).await;
+    let thawed = load.elapsed();
+    v2[0].thaw();
+    let samples = load.stop().await;
+    let scrapes = watch.stop().await;
+    let get = get_stats(&samples);
+    let t = timeline(&scrapes, "v2-0", frozen, thawed);
+    let during = stats(samples.iter().filter(|s| s.method == Method::Get && s.at >= frozen && s.at < thawed));
+    let spilled = counter_deltas(&scrapes, &["spillover"]).values().sum::<f64>();
+    let summary = format!(
+        "v2's only endpoint frozen {}: {} GETs ({} sent during the freeze), {} failed {:?}, >2s {}, max {}; \
+         last new request to it at +{}, ejected at {:?}; {spilled} requests spilled to v1",
+        ms(FREEZE),
+        get.n,
+        during.n,
+        get.failed,
+        get.failures,
+        get.over_2s,
+        ms(get.max),
+        fmt(t.last_new),
+        t.ejected.map(ms),
+    );
+    println!("{summary}");
+    let mut c = Checks::default();
+    c.check(get.failed == 0, || format!("{} GETs failed: {:?}", get.failed, get.failures));
+    c.check(t.last_new.is_some_and(|d| d < OUT_WITHIN), || format!("new requests until +{}", fmt(t.last_new)));
+    c.check(t.ejected.is_some(), || "the frozen canary endpoint was never ejected".into());
+    // Only the requests already on it wait; the other clients go on (16 clients, 5 s).
+    c.check(get.over_2s <= 8, || format!("{} GETs waited over 2 s: clients piled up on it", get.over_2s));
+    c.check(during.n > 1000, || format!("only {} GETs during the freeze: traffic stalled", during.n));
+    c.check(spilled >= 1.0, || "no request spilled to v1".into());
+    c.assert(&summary);
+    drop((v1, v2));
+}

@@ -166,7 +166,7 @@ impl Proxy {
             let key = format!("{:016x}", fastrand::u64(..));
             (key, s.cookie.clone().unwrap_or_default())
         });
-        let (app, version, endpoint) =
+        let (app, version, endpoint, may_spill) =
             match Self::pick_in(app, fields, &client, fresh_key.as_ref().map(|k| k.0.as_bytes())) {
                 Ok(picked) => picked,
                 Err(e) => return error_response(&e),
@@ -209,7 +209,7 @@ impl Proxy {
         // Only a request without a body can be sent again here (a streamed body is gone once
         // sent); it keeps its head for that.
         let replayable = body.is_end_stream();
-        let attempts = Attempts::new(app, replayable, parts.method.is_idempotent());
+        let attempts = Attempts::new(app, replayable, parts.method.is_idempotent()).spilling(may_spill);
         let is_head = parts.method == http::Method::HEAD;
         let mut exchange = HyperExchange { path, head: Some(parts), body: Some(body), replayable, is_head };
         match attempt::drive(app, version, endpoint, attempts, &mut exchange, start).await {
@@ -350,21 +350,35 @@ impl Proxy {
         fields: Fields<'_>,
         client: &Peer,
         fresh_key: Option<&[u8]>,
-    ) -> Result<(&'s App, &'s Version, &'s Endpoint), ProxyError> {
+    ) -> Result<(&'s App, &'s Version, &'s Endpoint, bool), ProxyError> {
         app.upstream.budget.record_request();
         let unforced = |excluded| unforced(app, fields, client, fresh_key, excluded);
-        let (version, endpoint) = match forced(app, fields) {
-            Ok(None) => unforced(None),
+        // The last: whether a hedge may go to another version (not for a request forced
+        // into its version, nor one forced out of some version).
+        let (version, endpoint, may_spill) = match forced(app, fields) {
+            Ok(None) => {
+                let (v, e) = unforced(None);
+                (v, e, true)
+            }
             Ok(Some(Forced::Into(i))) => {
                 let v = &app.versions[i];
                 match v.pool.pick() {
                     // Forced: never spilled elsewhere, unless the app says to fall back.
-                    None if app.force_fallback => unforced(None),
-                    picked => (v, picked),
+                    None if app.force_fallback => {
+                        let (v, e) = unforced(None);
+                        (v, e, false)
+                    }
+                    picked => (v, picked, false),
                 }
             }
-            Ok(Some(Forced::OutOf(i))) => unforced(Some(i)),
-            Err(_) if app.force_fallback => unforced(None),
+            Ok(Some(Forced::OutOf(i))) => {
+                let (v, e) = unforced(Some(i));
+                (v, e, false)
+            }
+            Err(_) if app.force_fallback => {
+                let (v, e) = unforced(None);
+                (v, e, false)
+            }
             Err(name) => return Err(ProxyError::UnknownVersion(String::from_utf8_lossy(name).into_owned())),
         };
         let Some(endpoint) = endpoint else {
@@ -374,7 +388,7 @@ impl Proxy {
             version.metrics.record(err.answer().0, None);
             return Err(err);
         };
-        Ok((app, version, endpoint))
+        Ok((app, version, endpoint, may_spill))
     }
 }
 

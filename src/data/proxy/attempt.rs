@@ -52,7 +52,7 @@ pub(super) struct Sent<'a, T, X> {
 /// counted).
 pub(super) async fn drive<'a, X: Exchange>(
     app: &'a App,
-    version: &'a Version,
+    mut version: &'a Version,
     mut endpoint: &'a Endpoint,
     mut attempts: Attempts,
     exchange: &mut X,
@@ -66,7 +66,7 @@ pub(super) async fn drive<'a, X: Exchange>(
             Some(delay) => race(app, version, endpoint, &mut attempts, exchange, delay).await,
             None => match endpoint.client.within_request_timeout(exchange.send(endpoint, attempts.left == 0)).await {
                 Ok(answer) => Raced::First(answer),
-                Err(e) => Raced::Failed(e, endpoint),
+                Err(e) => Raced::Failed(e, version, endpoint),
             },
         };
         match raced {
@@ -84,7 +84,7 @@ pub(super) async fn drive<'a, X: Exchange>(
                 );
                 outlier::on_failure(app, version, endpoint);
                 drop(in_flight);
-                answered(app, version, hedge.endpoint, X::status(&answer), start, hedge.sent);
+                answered(app, hedge.version, hedge.endpoint, X::status(&answer), start, hedge.sent);
                 return Ok(Sent {
                     answer,
                     endpoint: hedge.endpoint,
@@ -92,8 +92,9 @@ pub(super) async fn drive<'a, X: Exchange>(
                     spare: Some(hedge.spare),
                 });
             }
-            Raced::Failed(e, failed) => {
+            Raced::Failed(e, in_version, failed) => {
                 drop(in_flight);
+                version = in_version;
                 match attempts.after_failure(app, version, failed, &e) {
                     Some(next) => {
                         endpoint = next;
@@ -104,6 +105,15 @@ pub(super) async fn drive<'a, X: Exchange>(
             }
         }
     }
+}
+
+/// Why a request due for a hedge got none.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum NoHedge {
+    /// No other healthy endpoint in its version.
+    NoOther,
+    /// The retry budget is spent.
+    NoBudget,
 }
 
 /// When a hedge goes out.
@@ -120,13 +130,15 @@ enum Raced<'a, A, X> {
     First(A),
     /// The hedge answered first (the first attempt was cancelled).
     Hedge(A, Hedge<'a, X>),
-    /// The last attempt still running failed, on this endpoint; an earlier failure of the
-    /// other one was counted already.
-    Failed(UpstreamError, &'a Endpoint),
+    /// The last attempt still running failed, on this endpoint of this version; an earlier
+    /// failure of the other one was counted already.
+    Failed(UpstreamError, &'a Version, &'a Endpoint),
 }
 
 /// A hedge that answered.
 struct Hedge<'a, X> {
+    /// The request's version, or the one it spilled to.
+    version: &'a Version,
     endpoint: &'a Endpoint,
     in_flight: InFlight,
     sent: Instant,
@@ -162,13 +174,13 @@ async fn race<'a, X: Exchange>(
             biased;
             r = &mut first => return match r {
                 Ok(answer) => Raced::First(answer),
-                Err(e) => Raced::Failed(e, endpoint),
+                Err(e) => Raced::Failed(e, version, endpoint),
             },
             () = &mut timer => {}
         }
         let now = tokio::time::Instant::now();
         if now >= give_up {
-            return Raced::Failed(endpoint.client.timed_out(), endpoint);
+            return Raced::Failed(endpoint.client.timed_out(), version, endpoint);
         }
         if known {
             break;
@@ -191,11 +203,31 @@ async fn race<'a, X: Exchange>(
         }
     };
     tokio::pin!(first);
-    let Some(other) = attempts.hedge(app, version, endpoint) else {
-        return match first.await {
-            Ok(answer) => Raced::First(answer),
-            Err(e) => Raced::Failed(e, endpoint),
-        };
+    let (other_version, other) = match attempts.hedge(app, version, endpoint) {
+        Ok(other) => (version, other),
+        Err(why) => {
+            let spilled = (why == NoHedge::NoOther).then(|| {
+                // Overdue past the version's hedge deadline with no sibling to overtake it
+                // (the version's only endpoint, or the only one left): counted as a lost
+                // hedge would be, so a frozen one is ejected after a few; and the request
+                // goes where the version's share spills when it is down, as a hedge.
+                tracing::debug!(
+                    app = %app.name, version = %version.name, endpoint = %endpoint.name,
+                    "overdue, and no other endpoint in its version to hedge to"
+                );
+                outlier::on_failure(app, version, endpoint);
+                attempts.spill_hedge(app, version)
+            });
+            match spilled.flatten() {
+                Some(picked) => picked,
+                None => {
+                    return match first.await {
+                        Ok(answer) => Raced::First(answer),
+                        Err(e) => Raced::Failed(e, version, endpoint),
+                    };
+                }
+            }
+        }
     };
     other.requests.inc();
     let in_flight = InFlight::start(&other.state);
@@ -224,7 +256,7 @@ async fn race<'a, X: Exchange>(
             r = &mut second => match r {
                 Ok(answer) => Won::Second(answer),
                 Err(e) => {
-                    attempts.count_failure(app, version, other, &e);
+                    attempts.count_failure(app, other_version, other, &e);
                     match first.await {
                         Ok(answer) => Won::First(answer),
                         Err(e) => Won::Failed(e, false),
@@ -235,8 +267,11 @@ async fn race<'a, X: Exchange>(
     };
     match won {
         Won::First(answer) => Raced::First(answer),
-        Won::Second(answer) => Raced::Hedge(answer, Hedge { endpoint: other, in_flight, sent, spare }),
-        Won::Failed(e, on_hedge) => Raced::Failed(e, if on_hedge { other } else { endpoint }),
+        Won::Second(answer) => {
+            Raced::Hedge(answer, Hedge { version: other_version, endpoint: other, in_flight, sent, spare })
+        }
+        Won::Failed(e, true) => Raced::Failed(e, other_version, other),
+        Won::Failed(e, false) => Raced::Failed(e, version, endpoint),
     }
 }
 
@@ -275,6 +310,9 @@ pub(super) struct Attempts {
     stale_retried: bool,
     /// Whether the request was hedged (once at most).
     hedged: bool,
+    /// Whether a hedge may go to another version (where its version's share spills), when
+    /// its own has no other endpoint: not for a request forced into its version.
+    may_spill: bool,
 }
 
 impl Attempts {
@@ -284,7 +322,34 @@ impl Attempts {
             idempotent,
             stale_retried: false,
             hedged: false,
+            may_spill: false,
         }
+    }
+
+    /// Lets a hedge go to another version when the request's own has no other endpoint
+    /// (`may`: the request was not forced into its version).
+    pub(super) fn spilling(mut self, may: bool) -> Self {
+        self.may_spill = may;
+        self
+    }
+
+    /// A hedge to another version, for a request overdue in a version with no other healthy
+    /// endpoint: where the version's share would spill were it down (the app's
+    /// `on_version_down = "spill"`), taking an attempt and a retry from the budget.
+    fn spill_hedge<'a>(&mut self, app: &'a App, version: &'a Version) -> Option<(&'a Version, &'a Endpoint)> {
+        if !self.may_spill || !app.spill {
+            return None;
+        }
+        let index = app.versions.iter().position(|v| std::ptr::eq(v, version))?;
+        let to = &app.versions[app.spill_from(index)?];
+        let endpoint = to.pool.pick()?;
+        if !app.upstream.budget.try_retry(app.retry.budget_percent, app.retry.budget_min) {
+            return None;
+        }
+        self.left -= 1;
+        version.metrics.hedges[0].inc();
+        version.metrics.spilled.inc();
+        Some((to, endpoint))
     }
 
     /// How long the next attempt waits for its response head before a hedge goes out, if
@@ -302,17 +367,22 @@ impl Attempts {
         (delay < timeout).then_some(HedgeDelay::After(delay))
     }
 
-    /// The endpoint a hedge goes to, taking an attempt and a retry from the budget; `None`
-    /// when there is no other healthy endpoint or no budget left.
-    fn hedge<'a>(&mut self, app: &'a App, version: &'a Version, endpoint: &'a Endpoint) -> Option<&'a Endpoint> {
+    /// The endpoint a hedge goes to, taking an attempt and a retry from the budget, or why
+    /// there is none.
+    fn hedge<'a>(
+        &mut self,
+        app: &'a App,
+        version: &'a Version,
+        endpoint: &'a Endpoint,
+    ) -> Result<&'a Endpoint, NoHedge> {
         self.hedged = true;
-        let other = version.pool.pick_other(endpoint.addr)?;
+        let other = version.pool.pick_other(endpoint.addr).ok_or(NoHedge::NoOther)?;
         if !app.upstream.budget.try_retry(app.retry.budget_percent, app.retry.budget_min) {
-            return None;
+            return Err(NoHedge::NoBudget);
         }
         self.left -= 1;
         version.metrics.hedges[0].inc();
-        Some(other)
+        Ok(other)
     }
 
     /// Counts the failure of one side of a hedged request while the other still runs.

@@ -74,6 +74,8 @@ struct Route<'s> {
     idempotent: bool,
     /// A HEAD request.
     head: bool,
+    /// A hedge may go to another version (not forced into this one).
+    may_spill: bool,
 }
 
 /// What to do with the request at the front of the buffer.
@@ -241,7 +243,7 @@ impl Proxy {
         match picked {
             Ok(Err(why)) => Step::Fallback(why),
             Err(e) => Step::Answer { len, close, head, resp: super::error_response(&e) },
-            Ok(Ok((app, version, endpoint))) => {
+            Ok(Ok((app, version, endpoint, may_spill))) => {
                 request::encode(&req, host, peer.ip.as_bytes(), self.proto, body, out);
                 if let Some(mirror) = &app.mirror
                     && mirror.wants_for(app, version)
@@ -251,7 +253,7 @@ impl Proxy {
                         None => mirror.skip(),
                     }
                 }
-                Step::Forward { len, route: Route { app, version, endpoint, close, idempotent, head } }
+                Step::Forward { len, route: Route { app, version, endpoint, close, idempotent, head, may_spill } }
             }
         }
     }
@@ -267,9 +269,9 @@ impl Proxy {
         closing: Closing<'_>,
         start: Instant,
     ) -> Result<bool, BoxError> {
-        let Route { app, version, endpoint, close, idempotent, head } = route;
+        let Route { app, version, endpoint, close, idempotent, head, may_spill } = route;
         let close = Close { request: close, closing };
-        let attempts = Attempts::new(app, true, idempotent);
+        let attempts = Attempts::new(app, true, idempotent).spilling(may_spill);
         // The attempt writes into the connection's buffers; a hedge that answers first
         // brings its own, which then take their place.
         let mut raw = RawExchange {
@@ -285,7 +287,7 @@ impl Proxy {
             _ => Some(raw),
         };
         match sent {
-            Ok(Sent { answer: (conn, len, resp), endpoint, in_flight, spare }) => {
+            Ok(Sent { answer: (conn, len, resp), endpoint, in_flight, spare, .. }) => {
                 let used = used.or(spare).expect("the answer came from one of the two");
                 (bufs.up, bufs.resp) = (used.up, used.out);
                 bufs.up.advance(len);
