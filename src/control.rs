@@ -465,8 +465,13 @@ impl Control {
 
     /// Re-reads the config file and applies it.
     pub async fn reload_file(&mut self) -> Result<Reloaded, ReloadError> {
-        let path = self.config_path.as_ref().ok_or(ReloadError::NoConfigFile)?;
-        let config = Config::load(path).map_err(|e| {
+        let path = self.config_path.clone().ok_or(ReloadError::NoConfigFile)?;
+        // Read and validated off the runtime's threads: a large file (megabytes) takes a
+        // while to parse, and the data plane shares those threads (one, by default).
+        let loaded = tokio::task::spawn_blocking(move || Config::load(&path)).await.map_err(|e| {
+            ReloadError::Invalid { message: format!("reading the config failed: {e}"), problems: Vec::new() }
+        })?;
+        let config = loaded.map_err(|e| {
             let problems = match &e {
                 config::Error::Invalid { problems, .. } => problems.clone(),
                 config::Error::Read { .. } => Vec::new(),

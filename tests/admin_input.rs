@@ -210,6 +210,16 @@ async fn numbers_utf8_types_and_methods_are_refused_in_json() {
         (send("PUT", &split, json, b"\xef\xbb\xbf{\"weights\":{\"v1\":1,\"v2\":99}}".to_vec()), 400, None),
         (send("PUT", &split, json, br#"{"weights":{"v1":1,"v2":99}} {}"#.to_vec()), 400, None),
         (send("PUT", &split, json, br#"{"weights":{"v1":1,"v2":99},"reason":"\ud800"}"#.to_vec()), 400, None),
+        (
+            send(
+                "PUT",
+                &split,
+                json,
+                format!(r#"{{"weights":{{"v1":1,"v2":99}},"reason":"{}"}}"#, "r".repeat(1025)).into_bytes(),
+            ),
+            400,
+            Some("reason"),
+        ),
         (send("PUT", &split, Some("text/json"), br#"{"weights":{"v1":1,"v2":99}}"#.to_vec()), 415, None),
         (send("PUT", &split, Some("application/x-www-form-urlencoded"), b"v1=1&v2=99".to_vec()), 415, None),
         (send("PATCH", &split, json, br#"{"weights":{"v1":1,"v2":99}}"#.to_vec()), 405, None),

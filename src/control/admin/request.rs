@@ -29,9 +29,24 @@ pub const BODY_TIMEOUT: Duration = Duration::from_secs(10);
 pub struct SplitBody {
     /// Weight per version.
     pub weights: BTreeMap<String, i64>,
-    /// Why, kept in history.
-    #[serde(default)]
+    /// Why, kept in history (at most [`MAX_REASON`] bytes).
+    #[serde(default, deserialize_with = "reason")]
     pub reason: String,
+}
+
+/// The longest `reason` kept: history is bounded by `admin.history_limit` revisions, and so,
+/// with this, in bytes (the stored state must fit a ConfigMap).
+pub const MAX_REASON: usize = 1024;
+
+fn reason<'de, D: serde::Deserializer<'de>>(d: D) -> Result<String, D::Error> {
+    let text = String::deserialize(d)?;
+    if text.len() > MAX_REASON {
+        return Err(serde::de::Error::custom(format!(
+            "a reason of {} bytes; at most {MAX_REASON} are kept",
+            text.len()
+        )));
+    }
+    Ok(text)
 }
 
 /// `POST /apps/{app}/rollouts`.
@@ -88,8 +103,8 @@ impl<'de> Deserialize<'de> for PlanBody {
 pub struct PromoteBody {
     /// The version to send all traffic to.
     pub version: String,
-    /// Why, kept in history.
-    #[serde(default)]
+    /// Why, kept in history (at most [`MAX_REASON`] bytes).
+    #[serde(default, deserialize_with = "reason")]
     pub reason: String,
 }
 
@@ -100,8 +115,8 @@ pub struct RollbackBody {
     /// Revision to return to; default the one before the current.
     #[serde(default)]
     pub revision: Option<u64>,
-    /// Why, kept in history.
-    #[serde(default)]
+    /// Why, kept in history (at most [`MAX_REASON`] bytes).
+    #[serde(default, deserialize_with = "reason")]
     pub reason: String,
 }
 

@@ -20,8 +20,9 @@ const TEMP: &str = ".state.json.tmp";
 pub struct FileStore {
     dir: PathBuf,
     path: PathBuf,
-    /// Held locked until the process exits.
-    _lock: File,
+    /// Held locked until the process exits: the `lock` file, and the directory itself (so
+    /// that removing the lock file does not let a second weir in).
+    _lock: (File, File),
 }
 
 impl FileStore {
@@ -38,18 +39,22 @@ impl FileStore {
             .write(true)
             .open(&lock_path)
             .map_err(|e| unavailable("cannot open its lock file", e))?;
-        match lock.try_lock() {
-            Ok(()) => {}
-            Err(fs::TryLockError::WouldBlock) => {
-                return Err(StoreError::Unavailable(format!(
-                    "state directory {} is in use by another weir (it holds {}); give each weir its own state.dir",
-                    dir.display(),
-                    lock_path.display()
-                )));
+        let directory = File::open(dir).map_err(|e| unavailable("cannot open it", e))?;
+        for held in [&lock, &directory] {
+            match held.try_lock() {
+                Ok(()) => {}
+                Err(fs::TryLockError::WouldBlock) => {
+                    return Err(StoreError::Unavailable(format!(
+                        "state directory {} is in use by another weir (it holds {} or the directory); give each \
+                         weir its own state.dir",
+                        dir.display(),
+                        lock_path.display()
+                    )));
+                }
+                Err(fs::TryLockError::Error(e)) => return Err(unavailable("cannot lock it", e)),
             }
-            Err(fs::TryLockError::Error(e)) => return Err(unavailable("cannot lock it", e)),
         }
-        Ok(FileStore { dir: dir.to_path_buf(), path: dir.join(STATE), _lock: lock })
+        Ok(FileStore { dir: dir.to_path_buf(), path: dir.join(STATE), _lock: (lock, directory) })
     }
 
     /// The state file.
@@ -93,10 +98,16 @@ impl FileStore {
 /// the directory.
 fn replace(dir: &Path, text: &[u8]) -> std::io::Result<()> {
     let temp = dir.join(TEMP);
-    let mut f = OpenOptions::new().create(true).truncate(true).write(true).open(&temp)?;
-    f.write_all(text)?;
-    f.sync_all()?;
-    drop(f);
+    let written = (|| {
+        let mut f = OpenOptions::new().create(true).truncate(true).write(true).open(&temp)?;
+        f.write_all(text)?;
+        f.sync_all()
+    })();
+    if let Err(e) = written {
+        // A full disk leaves a partial file: give its space back now, not at the next write.
+        let _ = fs::remove_file(&temp);
+        return Err(e);
+    }
     fs::rename(&temp, dir.join(STATE))?;
     File::open(dir)?.sync_all()
 }
@@ -118,6 +129,9 @@ mod tests {
         store.write(doc(1).to_json().unwrap()).await.unwrap();
         store.write(doc(2).to_json().unwrap()).await.unwrap();
         assert_eq!(store.load().await.unwrap(), Some(doc(2)));
+        // Removing the lock file does not let a second one in: the directory is locked too.
+        std::fs::remove_file(dir.path().join("lock")).unwrap();
+        assert!(FileStore::open(dir.path()).is_err(), "a second store on a directory in use");
         let second = FileStore::open(dir.path()).unwrap_err();
         assert!(second.to_string().contains("in use by another weir"), "{second}");
         drop(store);
