@@ -347,20 +347,39 @@ pub async fn serve_with<H: Handler, F: Forward>(
                 }
             },
         };
-        let _ = stream.set_nodelay(true);
-        let (shared, cancel) = (Arc::clone(&shared), cancel.clone());
-        connections.spawn(async move {
-            shared.conns.metrics.open.inc();
-            serve_connection(stream, Peer::new(client), &shared, cancel).await;
-            shared.conns.metrics.open.dec();
-            drop(permit);
-        });
+        spawn_connection(&connections, &shared, stream, client, &cancel, permit);
+    }
+    // Connections the kernel completed but Weir had not taken yet: served (answered with
+    // `Connection: close`) rather than reset by closing the listener under them.
+    while let Some(Ok((stream, client))) = futures_util::FutureExt::now_or_never(listener.accept()) {
+        match Arc::clone(&permits).try_acquire_owned() {
+            Ok(permit) => spawn_connection(&connections, &shared, stream, client, &cancel, permit),
+            Err(_) => break,
+        }
     }
     drop(listener);
     connections.close();
     if tokio::time::timeout(grace, connections.wait()).await.is_err() {
         tracing::warn!("grace period of {grace:?} ended with connections still open");
     }
+}
+
+fn spawn_connection<H: Handler, F: Forward>(
+    connections: &TaskTracker,
+    shared: &Arc<Shared<H, F>>,
+    stream: TcpStream,
+    client: SocketAddr,
+    cancel: &CancellationToken,
+    permit: tokio::sync::OwnedSemaphorePermit,
+) {
+    let _ = stream.set_nodelay(true);
+    let (shared, cancel) = (Arc::clone(shared), cancel.clone());
+    connections.spawn(async move {
+        shared.conns.metrics.open.inc();
+        serve_connection(stream, Peer::new(client), &shared, cancel).await;
+        shared.conns.metrics.open.dec();
+        drop(permit);
+    });
 }
 
 async fn serve_connection<H: Handler, F: Forward>(
@@ -434,18 +453,32 @@ async fn serve_tls<H: Handler, F: Forward>(
 /// Reads a new connection's first bytes: enough to tell the HTTP/2 preface (h2c with prior
 /// knowledge) from an HTTP/1 request. Waits for readability with nothing allocated, then
 /// reads; `None` if the client left first. Bounded by the header read timeout.
+/// How long a connection that has sent nothing yet waits for its first bytes once Weir stops
+/// accepting.
+const LATE_FIRST_BYTES: Duration = Duration::from_millis(500);
+
 async fn first_bytes(
     stream: &TcpStream,
     limits: &Limits,
     cancel: &CancellationToken,
 ) -> Result<Option<Bytes>, BoxError> {
-    let deadline = tokio::time::Instant::now() + limits.header_read;
+    let mut deadline = tokio::time::Instant::now() + limits.header_read;
     let mut buf = BytesMut::new();
+    let mut late = false;
     loop {
         tokio::select! {
             biased;
-            () = cancel.cancelled() => return Ok(None),
-            () = tokio::time::sleep_until(deadline) => return Err(HeadTimeout.into()),
+            () = cancel.cancelled(), if !late => {
+                // Weir stops accepting: a connection just accepted may have its first request
+                // on the way; it gets a moment for it (then is answered with `Connection:
+                // close`), instead of being closed under a client that did nothing wrong.
+                late = true;
+                deadline = deadline.min(tokio::time::Instant::now() + LATE_FIRST_BYTES);
+                continue;
+            }
+            () = tokio::time::sleep_until(deadline) => {
+                return if late { Ok(None) } else { Err(HeadTimeout.into()) };
+            }
             ready = stream.readable() => ready?,
         }
         if buf.capacity() == 0 {
