@@ -583,6 +583,23 @@ async fn r18_slow_body(path: Path) {
     let aborted = rig.up.wait_until(Duration::from_secs(2), |u| u.open() == 0).await;
     c.check(aborted, || "(c) want the upstream connection closed (request aborted)".to_string());
     c.context(what);
+    // A Content-Length body (the fast path reads these whole) that stops after 3 of 10 bytes,
+    // and one that never starts: cut by the body read timeout, not held open.
+    for (label, sent) in [("3 of 10 bytes", "abc"), ("no byte", "")] {
+        let mut conn = RawConn::connect(rig.addr).await;
+        let mut w = conn.take_writer();
+        let head = format!("POST /r18 HTTP/1.1\r\nHost: a\r\nContent-Length: 10\r\n\r\n{sent}");
+        let writer = tokio::spawn(async move {
+            let _ = w.write_all(head.as_bytes()).await;
+            tokio::time::sleep(Duration::from_secs(10)).await;
+        });
+        let ex: Exchange = conn.responses(Duration::from_secs(5)).await;
+        writer.abort();
+        c.check(ex.closed() && ex.elapsed < Duration::from_millis(3500), || {
+            format!("(d) a stalled Content-Length body ({label}) held the connection: {ex}")
+        });
+        c.check(!ex.statuses().contains(&200), || format!("(d) a stalled body ({label}) was answered 200"));
+    }
     rig.weir.shutdown().await;
     c.finish("R18");
 }

@@ -124,6 +124,9 @@ impl Proxy {
         loop {
             let mut searched = 0;
             let mut timing = false;
+            // The buffer's length when the body deadline was last set: only a read that
+            // brought bytes sets it again (a tick of the park timer must not).
+            let mut timed_len = usize::MAX;
             while if need > 0 { buf.len() < need } else { !head::head_ended(&buf, searched) } {
                 if need == 0 && buf.len() > MAX_HEAD {
                     let too_large = http1::oversized(&buf);
@@ -131,11 +134,15 @@ impl Proxy {
                     return self.refuse(client, peer, resp, &mut bufs.resp).await;
                 }
                 searched = buf.len();
-                // A head: one deadline from its first byte. A body: one per read.
-                if (need == 0 && !buf.is_empty() && !timing) || need > 0 {
-                    let limit = if need > 0 { limits.body_read } else { limits.header_read };
-                    deadline.as_mut().reset(tokio::time::Instant::now() + limit);
+                // A head: one deadline from its first byte. A body: one per read that brought
+                // some of it.
+                if need == 0 && !buf.is_empty() && !timing {
+                    deadline.as_mut().reset(tokio::time::Instant::now() + limits.header_read);
                     timing = true;
+                } else if need > 0 && buf.len() != timed_len {
+                    deadline.as_mut().reset(tokio::time::Instant::now() + limits.body_read);
+                    timing = true;
+                    timed_len = buf.len();
                 }
                 let spare = buf.capacity() - buf.len();
                 if need > buf.len() + spare {
