@@ -59,6 +59,10 @@ fn script(path: &str) -> Script {
         "/u12-status-000" => s("HTTP/1.1 000 Zero\r\nContent-Length: 5\r\n\r\nhello"),
         "/u12-status-099" => s("HTTP/1.1 099 Early\r\nContent-Length: 5\r\n\r\nhello"),
         "/u12-chunked-gzip" => s("HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked, gzip\r\n\r\n5\r\nhello\r\n0\r\n\r\n"),
+        "/u13-cl-list" => s("HTTP/1.1 200 OK\r\nContent-Length: 5,5\r\n\r\nhello"),
+        "/u13-cl-spaced-list" => s("HTTP/1.1 200 OK\r\nContent-Length: 5 ,  5\r\n\r\nhello"),
+        "/u13-cl-zeros" => s("HTTP/1.1 200 OK\r\nContent-Length: 005\r\n\r\nhello"),
+        "/u13-gzip-chunked" => s("HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip, chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n"),
         _ => s(&format!("HTTP/1.1 200 OK\r\nContent-Length: {}\r\n\r\nown {path}\n", path.len() + 5)),
     }
 }
@@ -201,6 +205,7 @@ both_paths!(
     u10_head_over_64_kib,
     u11_unsolicited_bytes_after_a_response,
     u12_impossible_status_and_chunked_not_last,
+    u13_length_lists_leading_zeros_and_codings_before_chunked,
 );
 
 async fn u01_connection_lists_content_length(path: Path) {
@@ -330,6 +335,31 @@ async fn u11_unsolicited_bytes_after_a_response(path: Path) {
     rig.case(&mut c, "/u11-late", body_hello, After::AnyConn, true).await;
     rig.weir.shutdown().await;
     c.finish("U11");
+}
+
+/// U13: a `Content-Length` list (even of equal values) is refused as on the fast path, one
+/// with leading zeros goes on in its plain form, and a coding applied before chunked stays
+/// named (else the client takes gzip bytes for the content).
+async fn u13_length_lists_leading_zeros_and_codings_before_chunked(path: Path) {
+    let rig = rig(path).await;
+    let mut c = Checks::default();
+    for target in ["/u13-cl-list", "/u13-cl-spaced-list"] {
+        rig.case(&mut c, target, status(502), After::AnyConn, true).await;
+    }
+    let plain_five = |r: &Result<Resp, End>| match r {
+        Ok(r) if r.status == 200 && r.values("content-length") == ["5"] && r.body == b"hello" => Ok(()),
+        other => Err(format!("want 200, content-length 5, hello; got {}", show(other))),
+    };
+    rig.case(&mut c, "/u13-cl-zeros", plain_five, After::SameConn, false).await;
+    let gzip_named = |r: &Result<Resp, End>| match r {
+        Ok(r) if r.status == 200 && r.values("transfer-encoding").join(",").to_ascii_lowercase().contains("gzip") => {
+            Ok(())
+        }
+        other => Err(format!("want the gzip coding named in Transfer-Encoding; got {}", show(other))),
+    };
+    rig.case(&mut c, "/u13-gzip-chunked", gzip_named, After::AnyConn, false).await;
+    rig.weir.shutdown().await;
+    c.finish("U13");
 }
 
 async fn u12_impossible_status_and_chunked_not_last(path: Path) {

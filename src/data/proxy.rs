@@ -180,6 +180,11 @@ impl Proxy {
         }
         let path = parts.uri.path_and_query().cloned().unwrap_or_else(|| PathAndQuery::from_static("/"));
         strip_hop_by_hop(&mut parts.headers);
+        // Checked as one plain number already; sent in its plain form (`010` is 8 to a peer
+        // that reads a leading zero as octal).
+        if canonical_length(&mut parts.headers).is_err() {
+            return h1::refusal(StatusCode::BAD_REQUEST, "invalid Content-Length");
+        }
         set_forwarded(&mut parts.headers, &client.ip, self.proto, parts.uri.authority().map(|a| a.as_str()));
         // An HTTP/1.0 request may come without `Host`; it goes upstream as HTTP/1.1, which
         // needs one: the endpoint's address, as nginx's `$proxy_host`.
@@ -211,16 +216,41 @@ impl Proxy {
         let replayable = body.is_end_stream();
         let attempts = Attempts::new(app, replayable, parts.method.is_idempotent()).spilling(may_spill);
         let is_head = parts.method == http::Method::HEAD;
+        let client_h2 = parts.version == http::Version::HTTP_2;
         let mut exchange = HyperExchange { path, head: Some(parts), body: Some(body), replayable, is_head };
         match attempt::drive(app, version, endpoint, attempts, &mut exchange, start).await {
             Ok(Sent { answer: (mut parts, body, lease, check), in_flight, .. }) => {
                 // Weir's response is its own HTTP/1.1 message, whatever the upstream spoke.
                 parts.version = http::Version::HTTP_11;
-                let codings: Vec<_> = match check.until_close {
-                    true => parts.headers.get_all(header::TRANSFER_ENCODING).iter().cloned().collect(),
-                    false => Vec::new(),
-                };
+                let codings: Vec<_> = parts.headers.get_all(header::TRANSFER_ENCODING).iter().cloned().collect();
+                // Codings applied before chunked (`gzip, chunked`): hyper took the chunks off;
+                // the others must stay named or the client takes coded bytes for the content.
+                let applied: Vec<&[u8]> = crate::data::http1::tokens(codings.iter().map(|v| v.as_bytes()))
+                    .filter(|c| !c.eq_ignore_ascii_case(b"chunked"))
+                    .collect();
                 strip_hop_by_hop(&mut parts.headers);
+                // One Content-Length in its plain form: hyper's client takes `5, 5` (equal
+                // values, refused here as on the fast path) and `010`, which a client must not
+                // get as they came.
+                if canonical_length(&mut parts.headers).is_err() {
+                    drop(lease.no_reuse());
+                    return error_response(&ProxyError::Upstream(crate::data::upstream::UpstreamError::protocol(
+                        "invalid Content-Length",
+                    )));
+                }
+                if !check.until_close && !applied.is_empty() {
+                    if client_h2 {
+                        // HTTP/2 has no transfer codings to name them with.
+                        drop(lease.no_reuse());
+                        return error_response(&ProxyError::Upstream(crate::data::upstream::UpstreamError::protocol(
+                            "a transfer coding other than chunked, for an HTTP/2 client",
+                        )));
+                    }
+                    // hyper chunks the body again after them.
+                    if let Ok(v) = header::HeaderValue::from_bytes(&applied.join(&b", "[..])) {
+                        parts.headers.insert(header::TRANSFER_ENCODING, v);
+                    }
+                }
                 if check.until_close {
                     // Codings other than chunked go on to the client (it decodes them); the
                     // body ends when the connection does.
@@ -569,6 +599,22 @@ fn choose(app: &App, index: usize) -> (&Version, Option<&Endpoint>) {
         }
         None => (chosen, None),
     }
+}
+
+/// Rewrites `Content-Length` as one plain number (`010` → `10`); `Err` when it is not exactly
+/// one number (a list, even of equal values, as the fast path refuses it too).
+fn canonical_length(headers: &mut http::HeaderMap) -> Result<(), ()> {
+    let mut length = None;
+    for v in headers.get_all(header::CONTENT_LENGTH) {
+        if length.is_some() {
+            return Err(());
+        }
+        length = Some(crate::data::http1::content_length(v.as_bytes()).ok_or(())?);
+    }
+    if let Some(n) = length {
+        headers.insert(header::CONTENT_LENGTH, header::HeaderValue::from(n));
+    }
+    Ok(())
 }
 
 /// One tunnel: waits for both sides to switch, then copies both ways until either side closes,

@@ -93,7 +93,7 @@ enum Step<'s> {
 }
 
 /// The answer to a request refused for its framing or size.
-fn refusal(status: StatusCode, why: &str) -> Response<ResponseBody> {
+pub(super) fn refusal(status: StatusCode, why: &str) -> Response<ResponseBody> {
     let mut resp = Response::new(ResponseBody::local(format!("weir: {why}\n")));
     *resp.status_mut() = status;
     resp.headers_mut().insert(http::header::CONTENT_TYPE, http::HeaderValue::from_static("text/plain; charset=utf-8"));

@@ -93,7 +93,18 @@ pub fn encode(
             number(out, n);
             out.extend_from_slice(b"\r\n");
         }
-        Framing::Chunked => out.extend_from_slice(b"transfer-encoding: chunked\r\n"),
+        // Forwarded chunk by chunk as it came: codings applied before chunked (gzip, …) stay
+        // named, or the client would take the coded bytes for the representation.
+        Framing::Chunked => {
+            out.extend_from_slice(b"transfer-encoding: ");
+            for (i, c) in codings.iter().enumerate() {
+                if i > 0 {
+                    out.extend_from_slice(b", ");
+                }
+                out.extend_from_slice(c);
+            }
+            out.extend_from_slice(b"\r\n");
+        }
         // Other codings, until close: the client decodes them.
         Framing::UntilClose if coded => {
             for v in values(resp.headers, "transfer-encoding") {
@@ -199,6 +210,8 @@ mod tests {
         ] {
             assert!(response(raw, false, false).is_err(), "{}", String::from_utf8_lossy(raw));
         }
+        let (_, out) = response(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip, chunked\r\n\r\n", false, false).unwrap();
+        assert_eq!(out, "HTTP/1.1 200 OK\r\ntransfer-encoding: gzip, chunked\r\n\r\n", "the gzip coding stays named");
         let (r, out) = response(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip\r\n\r\n", false, false).unwrap();
         assert_eq!((r.framing, r.close), (Framing::UntilClose, true));
         assert_eq!(out, "HTTP/1.1 200 OK\r\ntransfer-encoding: gzip\r\nconnection: close\r\n\r\n");
