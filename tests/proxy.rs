@@ -176,3 +176,59 @@ async fn a_body_silent_past_the_read_timeout_is_cut_on_every_path() {
         weir.shutdown().await;
     }
 }
+
+/// A client that uploads its (chunked) body slower than the request timeout, though never
+/// pausing as long as the body read timeout: the request ends with 400 (the client's doing),
+/// and the endpoint that waited for the body is not held responsible — three such uploads
+/// where three failures in a row would eject it leave it in service.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slow_upload_is_the_clients_fault_not_the_endpoints() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    // An upstream that answers once it has the whole (chunked) body, as most do.
+    let up = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let up_addr = up.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = up.accept().await {
+            tokio::spawn(async move {
+                let mut seen = Vec::new();
+                let mut buf = [0u8; 4096];
+                while !seen.windows(5).any(|w| w == b"0\r\n\r\n") {
+                    match s.read(&mut buf).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => seen.extend_from_slice(&buf[..n]),
+                    }
+                }
+                let _ = s.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok").await;
+            });
+        }
+    });
+    let text = format!(
+        "[admin]\naddr = \"127.0.0.1:0\"\n[listeners.main]\naddr = \"127.0.0.1:0\"\nbody_read_timeout = \"5s\"\n\
+         [apps.web]\nlistener = \"main\"\nsplit = {{ v1 = 1 }}\noutlier = {{ consecutive_failures = 3 }}\n\
+         versions.v1.endpoints = [{{ name = \"v1-0\", addr = \"{up_addr}\" }}]\n[apps.web.timeouts]\nrequest = \"1s\"\n"
+    );
+    let weir = start(&text).await;
+    let addr = weir.listeners["main"];
+    let mut statuses = Vec::new();
+    for _ in 0..3 {
+        let mut c = tokio::net::TcpStream::connect(addr).await.unwrap();
+        c.write_all(b"POST /upload HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n").await.unwrap();
+        let mut answer = Vec::new();
+        for _ in 0..4 {
+            // One byte every 600 ms: within the body read timeout, past the request timeout.
+            if c.write_all(b"1\r\na\r\n").await.is_err() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(600)).await;
+        }
+        let _ = tokio::time::timeout(Duration::from_secs(5), c.read_to_end(&mut answer)).await;
+        let head = String::from_utf8_lossy(&answer).into_owned();
+        statuses.push(head.split_whitespace().nth(1).unwrap_or("none").to_owned());
+    }
+    let (_, admin) = urls(&weir);
+    let app = Client::new().get(&format!("{admin}/apps/web")).await.json();
+    let endpoint = &app["versions"][0]["endpoints"][0];
+    assert_eq!(statuses, ["400", "400", "400"], "a slow upload is answered 400, not 504");
+    assert_eq!(endpoint["ejected"], false, "the endpoint was blamed for the client's slow body: {endpoint}");
+    weir.shutdown().await;
+}

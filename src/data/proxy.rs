@@ -217,7 +217,9 @@ impl Proxy {
         let attempts = Attempts::new(app, replayable, parts.method.is_idempotent()).spilling(may_spill);
         let is_head = parts.method == http::Method::HEAD;
         let client_h2 = parts.version == http::Version::HTTP_2;
-        let mut exchange = HyperExchange { path, head: Some(parts), body: Some(body), replayable, is_head };
+        let mut body = body;
+        let body_done = (!replayable).then(|| body.completion());
+        let mut exchange = HyperExchange { path, head: Some(parts), body: Some(body), replayable, is_head, body_done };
         match attempt::drive(app, version, endpoint, attempts, &mut exchange, start).await {
             Ok(Sent { answer: (mut parts, body, lease, check), in_flight, .. }) => {
                 // Weir's response is its own HTTP/1.1 message, whatever the upstream spoke.
@@ -431,6 +433,8 @@ struct HyperExchange {
     replayable: bool,
     /// A HEAD request: its response has no body, whatever its fields say.
     is_head: bool,
+    /// Set once the client's streamed body was read to its end (none: no streamed body).
+    body_done: Option<Arc<std::sync::atomic::AtomicBool>>,
 }
 
 impl Exchange for HyperExchange {
@@ -480,7 +484,12 @@ impl Exchange for HyperExchange {
             body: None,
             replayable: self.replayable,
             is_head: self.is_head,
+            body_done: None,
         }
+    }
+
+    fn client_sending(&self) -> bool {
+        self.body_done.as_ref().is_some_and(|done| !done.load(std::sync::atomic::Ordering::Acquire))
     }
 }
 

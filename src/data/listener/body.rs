@@ -64,6 +64,12 @@ impl ClientBody {
         body
     }
 
+    /// A flag set once the body was read to its end (the connection's, if it has one).
+    pub fn completion(&mut self) -> Arc<AtomicBool> {
+        let flag = self.complete.get_or_insert_with(|| Arc::new(AtomicBool::new(self.inner.is_end_stream())));
+        Arc::clone(flag)
+    }
+
     fn mark_complete(&self) {
         if let Some(flag) = &self.complete {
             flag.store(true, Ordering::Release);

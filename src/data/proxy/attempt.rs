@@ -34,6 +34,11 @@ pub(super) trait Exchange: Sized {
     /// A second exchange of the same request, to hedge with: called only for requests that
     /// can be sent more than once, before the first attempt starts.
     fn spare(&self) -> Self;
+    /// Whether the client has not finished sending the request's body: a timeout then is
+    /// the client's doing (a slow upload), not the endpoint's.
+    fn client_sending(&self) -> bool {
+        false
+    }
 }
 
 /// An attempt that got a response head: the answer, the endpoint that gave it, and its
@@ -92,9 +97,16 @@ pub(super) async fn drive<'a, X: Exchange>(
                     spare: Some(hedge.spare),
                 });
             }
-            Raced::Failed(e, in_version, failed) => {
+            Raced::Failed(mut e, in_version, failed) => {
                 drop(in_flight);
                 version = in_version;
+                if e.kind == UpstreamErrorKind::Timeout && exchange.client_sending() {
+                    // The upstream waited for the rest of the body: not held against it.
+                    e = UpstreamError::new(
+                        UpstreamErrorKind::Client,
+                        "request body: not all received within the request timeout",
+                    );
+                }
                 match attempts.after_failure(app, version, failed, &e) {
                     Some(next) => {
                         endpoint = next;
