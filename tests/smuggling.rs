@@ -152,6 +152,7 @@ both_paths!(
     r16_slow_reader,
     r17_head_limits,
     r18_slow_body,
+    r19_request_target_forms,
 );
 
 async fn r01_cl_te(path: Path) {
@@ -634,4 +635,22 @@ async fn h2_requests_get_the_http1_rules() {
     let seen = rig.up.settled().await;
     assert_eq!(seen.iter().map(|r| r.target.as_str()).collect::<Vec<_>>(), ["/after"], "upstream saw:{}", list(&seen));
     rig.weir.shutdown().await;
+}
+
+/// R19: a target that is neither a path, an absolute URI, nor `*` for OPTIONS (`abc`, an
+/// authority `b:80` outside CONNECT), or one with a fragment, is refused rather than guessed
+/// at (hyper reads `b:80` as an authority and routes by it).
+async fn r19_request_target_forms(path: Path) {
+    let rig = rig(path).await;
+    let mut c = Checks::default();
+    let line = |target: &str| format!("GET {target} HTTP/1.1\r\nHost: a\r\n\r\n").into_bytes();
+    let variants = [
+        ("a word", line("abc")),
+        ("an authority", line("b:80")),
+        ("a fragment", line("/r19#frag")),
+        ("* for GET", line("*")),
+    ];
+    rig.rejects("R19", &variants, &[400], &mut c).await;
+    rig.weir.shutdown().await;
+    c.finish("R19");
 }

@@ -109,6 +109,9 @@ pub fn check_request<'v>(
     if absolute.is_some_and(|a| a.contains(&b'@')) {
         return bad("userinfo in the target");
     }
+    if !line.target_ok {
+        return bad("a request target that is not a path, an absolute URI, or * for OPTIONS");
+    }
     let (mut length, mut chunked, mut host, mut hosts) = (None, false, None, 0);
     let mut connection_values: [Option<&[u8]>; 4] = [None; 4];
     let mut connections = 0;
@@ -177,6 +180,10 @@ pub struct RequestLine<'l> {
     pub method: &'l [u8],
     /// The authority of an absolute-form target (`http://authority/...`), if it is one.
     pub authority: Option<&'l [u8]>,
+    /// The target is origin-form (`/path`), absolute-form, or `*` for OPTIONS, and has no
+    /// fragment (RFC 9112 §3.2): anything else (`abc`, `b:80`, `/a#x`) is refused, not
+    /// guessed at (hyper would read `b:80` as an authority, the fast path pass `#x` on).
+    pub target_ok: bool,
 }
 
 impl<'l> RequestLine<'l> {
@@ -190,7 +197,9 @@ impl<'l> RequestLine<'l> {
                 let rest = &t[scheme.len()..];
                 &rest[..rest.iter().position(|&b| matches!(b, b'/' | b'?' | b'#')).unwrap_or(rest.len())]
             });
-        RequestLine { method, authority }
+        let form =
+            t.first() == Some(&b'/') || authority.is_some() || (t == b"*" && method.eq_ignore_ascii_case(b"OPTIONS"));
+        RequestLine { method, authority, target_ok: form && !t.contains(&b'#') }
     }
 }
 
@@ -236,7 +245,10 @@ pub fn check_parsed<B>(req: &http::Request<B>) -> Result<(), (StatusCode, &'stat
     let fields = req.headers().iter().map(|(n, v)| (n.as_str().as_bytes(), v.as_bytes()));
     // hyper parsed the target already: only an absolute-form one has an authority.
     let authority = req.uri().authority().map(|a| a.as_str().as_bytes());
-    let line = RequestLine { method: req.method().as_str().as_bytes(), authority };
+    let method = req.method().as_str().as_bytes();
+    let path = req.uri().path_and_query().map_or("", |p| p.as_str());
+    let target_ok = path.starts_with('/') || (path == "*" && method == b"OPTIONS");
+    let line = RequestLine { method, authority, target_ok };
     check_request(http11, line, fields).map(|_| ())
 }
 
