@@ -65,10 +65,11 @@ struct FreezeRun {
     thawed: Duration,
 }
 
-/// Weir on `app_extra`, 16 clients; after the warm-up v2-0 is frozen for `freeze`, then
-/// resumed, and the run goes on until it got a new request again (at most 10 s).
-async fn freeze_under_load(app_extra: &str, freeze: Duration) -> FreezeRun {
-    let (v1, v2) = (backends("v1", 4, &[]), backends("v2", 4, &[]));
+/// Weir on `app_extra` (v1 with 4 endpoints, v2 with `v2_count`), 16 clients; after the
+/// warm-up v2-0 is frozen for `freeze`, then resumed, and (`until_back`) the run goes on
+/// until it got a new request again (at most 10 s).
+async fn freeze_under_load(app_extra: &str, v2_count: usize, freeze: Duration, until_back: bool) -> FreezeRun {
+    let (v1, v2) = (backends("v1", 4, &[]), backends("v2", v2_count, &[]));
     let weir = start_weir(&config(&v1, &v2, app_extra)).await;
     let load = Load::start(weir.listeners["main"], &clients(0));
     let watch = Watch::start(weir.admin, load.started, SCRAPE);
@@ -82,7 +83,9 @@ async fn freeze_under_load(app_extra: &str, freeze: Duration) -> FreezeRun {
     let thawed = load.elapsed();
     v2[0].thaw();
     // Back in traffic once it answers (a trial, or its probe then a trial); bounded.
-    watch.wait_for(Duration::from_secs(10), |s| s.at > thawed && s.sent_to("v2-0") > at_thaw).await;
+    if until_back {
+        watch.wait_for(Duration::from_secs(10), |s| s.at > thawed && s.sent_to("v2-0") > at_thaw).await;
+    }
     let samples = load.stop().await;
     let scrapes = watch.stop().await;
     drop((v1, v2));
@@ -95,7 +98,7 @@ async fn a_a_frozen_endpoint_costs_gets_almost_nothing_and_comes_back_without_a_
     const FREEZE: Duration = Duration::from_secs(7);
     // Short ejections, so that its return after SIGCONT fits in a test (defaults: 30 s, 300 s).
     let FreezeRun { samples, scrapes, frozen, thawed } =
-        freeze_under_load(r#"outlier = { base_ejection = "1s", max_ejection = "2s" }"#, FREEZE).await;
+        freeze_under_load(r#"outlier = { base_ejection = "1s", max_ejection = "2s" }"#, 4, FREEZE, true).await;
     let get = get_stats(&samples);
     let t = timeline(&scrapes, "v2-0", frozen, thawed);
     let on_frozen = stats(samples.iter().filter(|s| s.served_by.as_deref() == Some("v2-0") && s.at >= frozen));
@@ -300,7 +303,7 @@ async fn e_a_frozen_endpoint_with_a_probe_is_out_at_once_and_back_when_the_probe
     let _serial = SERIAL.lock().await;
     const FREEZE: Duration = Duration::from_secs(4);
     let FreezeRun { samples, scrapes, frozen, thawed } =
-        freeze_under_load(r#"probe = { path = "/", unhealthy_threshold = 10 }"#, FREEZE).await;
+        freeze_under_load(r#"probe = { path = "/", unhealthy_threshold = 10 }"#, 4, FREEZE, true).await;
     let get = get_stats(&samples);
     let t = timeline(&scrapes, "v2-0", frozen, thawed);
     let probes = counter_deltas(&scrapes, &["weir_probes"]);
@@ -419,19 +422,7 @@ async fn f_http2_requests_stuck_on_a_frozen_endpoint_are_hedged_too() {
 async fn g_a_frozen_canary_with_one_endpoint_is_ejected_and_its_share_spills() {
     let _serial = SERIAL.lock().await;
     const FREEZE: Duration = Duration::from_secs(5);
-    let (v1, v2) = (backends("v1", 4, &[]), backends("v2", 1, &[]));
-    let weir = start_weir(&config(&v1, &v2, "")).await;
-    let load = Load::start(weir.listeners["main"], &clients(0));
-    let watch = Watch::start(weir.admin, load.started, SCRAPE);
-    load.until(WARM_UP).await;
-    watch.scrape_now(weir.admin).await;
-    v2[0].freeze();
-    let frozen = load.elapsed();
-    load.until(frozen + FREEZE).await;
-    let thawed = load.elapsed();
-    v2[0].thaw();
-    let samples = load.stop().await;
-    let scrapes = watch.stop().await;
+    let FreezeRun { samples, scrapes, frozen, thawed } = freeze_under_load("", 1, FREEZE, false).await;
     let get = get_stats(&samples);
     let t = timeline(&scrapes, "v2-0", frozen, thawed);
     let during = stats(samples.iter().filter(|s| s.method == Method::Get && s.at >= frozen && s.at < thawed));
@@ -459,5 +450,4 @@ async fn g_a_frozen_canary_with_one_endpoint_is_ejected_and_its_share_spills() {
     c.check(during.n > 1000, || format!("only {} GETs during the freeze: traffic stalled", during.n));
     c.check(spilled >= 1.0, || "no request spilled to v1".into());
     c.assert(&summary);
-    drop((v1, v2));
 }
