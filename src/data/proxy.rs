@@ -234,19 +234,17 @@ impl Proxy {
                 // One Content-Length in its plain form: hyper's client takes `5, 5` (equal
                 // values, refused here as on the fast path) and `010`, which a client must not
                 // get as they came.
-                if canonical_length(&mut parts.headers).is_err() {
+                let refuse = |lease: Lease, why: &'static str| {
                     drop(lease.no_reuse());
-                    return error_response(&ProxyError::Upstream(crate::data::upstream::UpstreamError::protocol(
-                        "invalid Content-Length",
-                    )));
+                    error_response(&ProxyError::Upstream(crate::data::upstream::UpstreamError::protocol(why)))
+                };
+                if canonical_length(&mut parts.headers).is_err() {
+                    return refuse(lease, "invalid Content-Length");
                 }
                 if !check.until_close && !applied.is_empty() {
                     if client_h2 {
                         // HTTP/2 has no transfer codings to name them with.
-                        drop(lease.no_reuse());
-                        return error_response(&ProxyError::Upstream(crate::data::upstream::UpstreamError::protocol(
-                            "a transfer coding other than chunked, for an HTTP/2 client",
-                        )));
+                        return refuse(lease, "a transfer coding other than chunked, for an HTTP/2 client");
                     }
                     // hyper chunks the body again after them.
                     if let Ok(v) = header::HeaderValue::from_bytes(&applied.join(&b", "[..])) {
@@ -385,32 +383,22 @@ impl Proxy {
     ) -> Result<(&'s App, &'s Version, &'s Endpoint, bool), ProxyError> {
         app.upstream.budget.record_request();
         let unforced = |excluded| unforced(app, fields, client, fresh_key, excluded);
-        // The last: whether a hedge may go to another version (not for a request forced
-        // into its version, nor one forced out of some version).
-        let (version, endpoint, may_spill) = match forced(app, fields) {
-            Ok(None) => {
-                let (v, e) = unforced(None);
-                (v, e, true)
-            }
+        let forced = forced(app, fields);
+        // A hedge may go to another version only for a request no rule placed (into a version
+        // or out of one).
+        let may_spill = matches!(forced, Ok(None));
+        let (version, endpoint) = match forced {
+            Ok(None) => unforced(None),
             Ok(Some(Forced::Into(i))) => {
                 let v = &app.versions[i];
                 match v.pool.pick() {
                     // Forced: never spilled elsewhere, unless the app says to fall back.
-                    None if app.force_fallback => {
-                        let (v, e) = unforced(None);
-                        (v, e, false)
-                    }
-                    picked => (v, picked, false),
+                    None if app.force_fallback => unforced(None),
+                    picked => (v, picked),
                 }
             }
-            Ok(Some(Forced::OutOf(i))) => {
-                let (v, e) = unforced(Some(i));
-                (v, e, false)
-            }
-            Err(_) if app.force_fallback => {
-                let (v, e) = unforced(None);
-                (v, e, false)
-            }
+            Ok(Some(Forced::OutOf(i))) => unforced(Some(i)),
+            Err(_) if app.force_fallback => unforced(None),
             Err(name) => return Err(ProxyError::UnknownVersion(String::from_utf8_lossy(name).into_owned())),
         };
         let Some(endpoint) = endpoint else {
@@ -610,17 +598,19 @@ fn choose(app: &App, index: usize) -> (&Version, Option<&Endpoint>) {
     }
 }
 
-/// Rewrites `Content-Length` as one plain number (`010` → `10`); `Err` when it is not exactly
-/// one number (a list, even of equal values, as the fast path refuses it too).
+/// Rewrites `Content-Length` as one plain number (`010` → `10`) when it is not one already
+/// (no allocation then: most messages); `Err` when it is not exactly one number (a list, even
+/// of equal values, as the fast path refuses it too).
 fn canonical_length(headers: &mut http::HeaderMap) -> Result<(), ()> {
-    let mut length = None;
-    for v in headers.get_all(header::CONTENT_LENGTH) {
-        if length.is_some() {
-            return Err(());
-        }
-        length = Some(crate::data::http1::content_length(v.as_bytes()).ok_or(())?);
+    let mut values = headers.get_all(header::CONTENT_LENGTH).iter();
+    let Some(v) = values.next() else { return Ok(()) };
+    if values.next().is_some() {
+        return Err(());
     }
-    if let Some(n) = length {
+    let n = crate::data::http1::content_length(v.as_bytes()).ok_or(())?;
+    let b = v.as_bytes();
+    let plain = b.iter().all(u8::is_ascii_digit) && (b.len() == 1 || b[0] != b'0');
+    if !plain {
         headers.insert(header::CONTENT_LENGTH, header::HeaderValue::from(n));
     }
     Ok(())

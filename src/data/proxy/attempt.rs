@@ -355,13 +355,21 @@ impl Attempts {
         let index = app.versions.iter().position(|v| std::ptr::eq(v, version))?;
         let to = &app.versions[app.spill_from(index)?];
         let endpoint = to.pool.pick()?;
+        self.take_hedge(app, version).then(|| {
+            version.metrics.spilled.inc();
+            (to, endpoint)
+        })
+    }
+
+    /// Takes an attempt and a retry from the budget for a hedge of a request in `version`,
+    /// counted there; `false` when the budget is spent.
+    fn take_hedge(&mut self, app: &App, version: &Version) -> bool {
         if !app.upstream.budget.try_retry(app.retry.budget_percent, app.retry.budget_min) {
-            return None;
+            return false;
         }
         self.left -= 1;
         version.metrics.hedges[0].inc();
-        version.metrics.spilled.inc();
-        Some((to, endpoint))
+        true
     }
 
     /// How long the next attempt waits for its response head before a hedge goes out, if
@@ -389,11 +397,9 @@ impl Attempts {
     ) -> Result<&'a Endpoint, NoHedge> {
         self.hedged = true;
         let other = version.pool.pick_other(endpoint.addr).ok_or(NoHedge::NoOther)?;
-        if !app.upstream.budget.try_retry(app.retry.budget_percent, app.retry.budget_min) {
+        if !self.take_hedge(app, version) {
             return Err(NoHedge::NoBudget);
         }
-        self.left -= 1;
-        version.metrics.hedges[0].inc();
         Ok(other)
     }
 

@@ -190,7 +190,7 @@ impl Proxy {
                 }
                 Step::Forward { len, route } => {
                     buf.advance(len);
-                    let closing = Closing { stop: cancel, drain: &limits.closing };
+                    let closing = Close { request: false, stop: cancel, drain: &limits.closing };
                     if !self.exchange(route, client, &mut bufs, closing, start).await? {
                         return Ok(Forwarded::Close);
                     }
@@ -273,11 +273,11 @@ impl Proxy {
         route: Route<'_>,
         client: &mut ClientIo,
         bufs: &mut Buffers,
-        closing: Closing<'_>,
+        closing: Close<'_>,
         start: Instant,
     ) -> Result<bool, BoxError> {
         let Route { app, version, endpoint, close, idempotent, head, may_spill } = route;
-        let close = Close { request: close, closing };
+        let close = Close { request: close, ..closing };
         let attempts = Attempts::new(app, true, idempotent).spilling(may_spill);
         // The attempt writes into the connection's buffers; a hedge that answers first
         // brings its own, which then take their place.
@@ -314,26 +314,20 @@ impl Proxy {
     }
 }
 
-/// Weir stopping, or draining: checked when a response head is written, so that a request
-/// that started before SIGTERM and is answered during (or after) the drain delay tells its
-/// client to reconnect, instead of leaving a keep-alive connection that is about to close.
+/// Whether a response closes its client connection: the request asked (or must), or Weir is
+/// stopping or draining by the time the head is written, so that a request that started
+/// before SIGTERM and is answered during (or after) the drain delay tells its client to
+/// reconnect, instead of leaving a keep-alive connection that is about to close.
 #[derive(Clone, Copy)]
-struct Closing<'a> {
+struct Close<'a> {
+    request: bool,
     stop: &'a CancellationToken,
     drain: &'a CancellationToken,
 }
 
-/// Whether a response closes its client connection: the request asked (or must), or Weir is
-/// closing by the time the head is written.
-#[derive(Clone, Copy)]
-struct Close<'a> {
-    request: bool,
-    closing: Closing<'a>,
-}
-
 impl Close<'_> {
     fn now(&self) -> bool {
-        self.request || self.closing.stop.is_cancelled() || self.closing.drain.is_cancelled()
+        self.request || self.stop.is_cancelled() || self.drain.is_cancelled()
     }
 }
 
